@@ -1,0 +1,154 @@
+"""The cascade's behaviour on tiny replicas: batching, sizes, guidance, negative prompts, schedulers."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unclip import UnclipError
+from unclip.schedulers import SCHEDULERS
+
+FAST = dict(prior_num_inference_steps=4, decoder_num_inference_steps=4, super_res_num_inference_steps=2)
+
+
+def test_batch_equals_single(cascade):
+    batch = cascade("a red cube", num_images_per_prompt=2, seed=5, size=256, output_type="np", **FAST).images
+    alone = cascade("a red cube", seed=6, size=256, output_type="np", **FAST).images
+    assert np.abs(batch[1] - alone[0]).max() < 1e-4
+    assert np.abs(batch[0] - batch[1]).max() > 1e-2, "two seeds gave the same image"
+
+
+def test_batch_across_prompts_equals_single(cascade):
+    batch = cascade(["a red cube", "a blue ball"], seed=3, size=64, output_type="np", **FAST)
+    alone = cascade("a blue ball", seed=4, size=64, output_type="np", **FAST)
+    assert np.abs(batch.images[1] - alone.images[0]).max() < 1e-4
+    assert [m["seed"] for m in batch.metadata] == [3, 4]
+    assert [m["prompt"] for m in batch.metadata] == ["a red cube", "a blue ball"]
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_sizes_and_output_types(cascade, size):
+    pil = cascade("a cat", seed=0, size=size, **FAST)
+    np_out = cascade("a cat", seed=0, size=size, output_type="np", **FAST)
+    pt = cascade("a cat", seed=0, size=size, output_type="pt", **FAST)
+    assert isinstance(pil.images[0], Image.Image) and pil.images[0].size == (size, size)
+    assert np_out.images.shape == (1, size, size, 3) and pt.images.shape == (1, 3, size, size)
+    assert np.allclose(pt.images.permute(0, 2, 3, 1).numpy(), np_out.images)
+    assert np.array_equal(np.asarray(pil.images[0]), (np_out.images[0] * 255).round().astype("uint8"))
+    assert pil.metadata[0]["size"] == size and set(pil.metadata[0]["stages"]) == (
+        {"prior", "decoder"} if size == 64 else {"prior", "decoder", "sr256"}
+    )
+
+
+def _batch_sizes(module):
+    seen = []
+    module.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get("sample", args[0] if args else None).shape[0]), with_kwargs=True)
+    return seen
+
+
+def test_guidance_scale_one_skips_the_unconditional_pass(cascade):
+    seen = _batch_sizes(cascade.decoder)
+    try:
+        cascade("a cat", seed=0, size=64, decoder_guidance_scale=1.0, **FAST)
+        unguided = list(seen)
+        seen.clear()
+        cascade("a cat", seed=0, size=64, decoder_guidance_scale=8.0, **FAST)
+    finally:
+        cascade.decoder._forward_pre_hooks.clear()
+    assert set(unguided) == {1} and set(seen) == {2}
+
+
+def test_negative_prompt_replaces_the_empty_prompt(cascade):
+    plain = cascade("a cat", seed=1, size=64, output_type="np", **FAST).images
+    empty = cascade("a cat", seed=1, size=64, negative_prompt="", output_type="np", **FAST).images
+    negative = cascade("a cat", seed=1, size=64, negative_prompt="blurry", output_type="np", **FAST).images
+    assert np.array_equal(plain, empty)
+    assert np.abs(plain - negative).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_runs_the_karlo_stages(cascade, name):
+    out = cascade("a cat", seed=0, size=256, scheduler=name, output_type="np", **FAST)
+    assert np.isfinite(out.images).all() and out.images.std() > 0.01
+    assert {s["scheduler"] for s in out.metadata[0]["stages"].values()} == {name}
+
+
+def test_schedulers_differ_from_default(cascade):
+    default = cascade("a cat", seed=0, size=64, output_type="np", **FAST).images
+    ddim = cascade("a cat", seed=0, size=64, scheduler={"decoder": "ddim"}, output_type="np", **FAST).images
+    assert np.abs(default - ddim).max() > 1e-3
+
+
+def test_dpmpp_upscaler_at_1024(cascade):
+    out = cascade("a cat", seed=0, size=1024, scheduler={"sr1024": "dpmpp"}, upscale_num_inference_steps=3, output_type="np", **FAST)
+    assert out.images.shape == (1, 1024, 1024, 3) and np.isfinite(out.images).all()
+
+
+def test_unclip_scheduler_refused_for_the_x4_stage(cascade):
+    with pytest.raises(UnclipError, match="squaredcos"):
+        cascade("a cat", seed=0, size=1024, scheduler={"sr1024": "unclip"}, **FAST)
+
+
+def test_noise_levels_change_the_upsampler_input(cascade):
+    base = cascade("a cat", seed=0, size=256, output_type="np", **FAST).images
+    noised = cascade("a cat", seed=0, size=256, super_res_noise_level=300, output_type="np", **FAST).images
+    assert np.abs(base - noised).max() > 1e-3
+    with pytest.raises(UnclipError, match="350"):
+        cascade("a cat", seed=0, size=1024, upscale_noise_level=351)
+
+
+def test_nan_names_the_stage(cascade, monkeypatch):
+    original = cascade.decoder.forward
+
+    def poisoned(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.sample.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(cascade.decoder, "forward", poisoned)
+    with pytest.raises(UnclipError, match="stage decoder produced NaN"):
+        cascade("a cat", seed=0, size=64, **FAST)
+
+
+def test_long_prompt_is_truncated_with_a_warning(cascade, caplog):
+    with caplog.at_level(logging.WARNING, logger="unclip"):
+        cascade("a very " * 60 + "long prompt", seed=0, size=64, **FAST)
+    assert "truncated" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt=""), "prompt is empty"),
+        (dict(prompt="a cat", size=512), "64, 256 or 1024"),
+        (dict(prompt="a cat", prior_num_inference_steps=0), "steps"),
+        (dict(prompt="a cat", decoder_guidance_scale=-1.0), "guidance"),
+        (dict(prompt="a cat", scheduler="euler-magic"), "unknown scheduler"),
+        (dict(prompt="a cat", output_type="jpg"), "output_type"),
+    ],
+)
+def test_bad_arguments(cascade, kwargs, message):
+    with pytest.raises(UnclipError, match=message):
+        cascade(**kwargs)
+
+
+def test_float16_on_cpu_is_refused(model_yaml):
+    from unclip import UnCLIPCascade
+
+    pipe = UnCLIPCascade.from_config(model_yaml, torch_dtype=torch.float16)
+    assert pipe.upscaler_vae.dtype == torch.float32, "the x4 VAE overflows in fp16: it must stay fp32"
+    assert pipe.decoder.dtype == torch.float16
+    with pytest.raises(UnclipError, match="float16 needs a GPU"):
+        pipe("a cat", size=64)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_on_gpu_has_no_nan(model_yaml, dtype):
+    from unclip import UnCLIPCascade
+
+    pipe = UnCLIPCascade.from_config(model_yaml, torch_dtype=dtype).to("cuda")
+    out = pipe("a cat", seed=0, size=1024, upscale_num_inference_steps=5, output_type="np", **FAST)
+    assert np.isfinite(out.images).all()

@@ -1,0 +1,222 @@
+"""The ``unclip`` command.
+
+    unclip generate "a corgi playing a trumpet" --model karlo-x4 --out outputs/ --seed 0 --num-images 2
+    unclip generate --help
+
+Mistakes in the input end with one ``error: ...`` line on stderr and exit code 2, before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from unclip.config import STAGES, karlo_defaults
+from unclip.errors import UnclipError
+from unclip.schedulers import SCHEDULERS
+
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Shows a default only where there is one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is not None and action.default is not False and action.default != argparse.SUPPRESS and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def _guidance(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"guidance must be ≥ 0, got {value}")
+    return value
+
+
+def _level(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"noise level must be ≥ 0, got {value}")
+    return value
+
+
+def _schedulers(text: str) -> dict[str, str]:
+    """``dpmpp`` for every stage, or ``prior=ddim,sr1024=dpmpp`` per stage."""
+    if "=" not in text:
+        pairs = {stage: text for stage in STAGES}
+    else:
+        pairs = dict(item.split("=", 1) for item in text.split(",") if item)
+    for stage, name in pairs.items():
+        if stage not in STAGES:
+            raise argparse.ArgumentTypeError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
+        if name not in SCHEDULERS:
+            raise argparse.ArgumentTypeError(f"unknown scheduler '{name}'; choose one of: {', '.join(SCHEDULERS)}")
+    return pairs
+
+
+# flag, UnCLIPCascade.__call__ keyword, stage, StageSettings field, type, help
+STAGE_FLAGS = [
+    ("--prior-steps", "prior_num_inference_steps", "prior", "steps", _positive_int, "prior steps"),
+    ("--decoder-steps", "decoder_num_inference_steps", "decoder", "steps", _positive_int, "64 px decoder steps"),
+    ("--sr-steps", "super_res_num_inference_steps", "sr256", "steps", _positive_int, "64→256 steps"),
+    ("--upscale-steps", "upscale_num_inference_steps", "sr1024", "steps", _positive_int, "256→1024 steps"),
+    ("--prior-guidance", "prior_guidance_scale", "prior", "guidance", _guidance, "prior guidance scale, ≤ 1 is off"),
+    ("--decoder-guidance", "decoder_guidance_scale", "decoder", "guidance", _guidance, "decoder guidance scale"),
+    ("--upscale-guidance", "upscale_guidance_scale", "sr1024", "guidance", _guidance, "256→1024 guidance scale"),
+    ("--noise-level", "upscale_noise_level", "sr1024", "noise_level", _level, "256→1024 low-res noise level, 0-350"),
+    ("--sr-noise-level", "super_res_noise_level", "sr256", "noise_level", _level, "64→256 low-res noise level"),
+]
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
+    p.add_argument("--model", default="karlo-x4", help="preset name (a file of configs/) or a model YAML file")
+    p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (never overwritten)")
+    p.add_argument("--seed", type=int, default=0, help="image k of the run uses seed SEED + k")
+    p.add_argument("--num-images", type=_positive_int, default=1, help="images per prompt")
+    p.add_argument("--size", type=int, choices=(64, 256, 1024), help="stop early at this size (default: the largest the model makes)")
+    p.add_argument("--negative-prompt", default=None, help="used in place of \"\" in the unguided branch")
+    defaults = karlo_defaults()
+    for flag, kwarg, stage, field, kind, what in STAGE_FLAGS:
+        default = getattr(defaults[stage], field)
+        p.add_argument(flag, dest=kwarg, type=kind, metavar=field.upper(), help=f"{what} (default: from the model config; Karlo's: {default})")
+    p.add_argument(
+        "--scheduler",
+        type=_schedulers,
+        default=None,
+        help=f"one of {', '.join(SCHEDULERS)} for all stages, or per stage: prior=ddim,sr1024=dpmpp (default: default)",
+    )
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="auto: fp16 on CUDA, fp32 on CPU (fp16 on CPU is refused)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
+    p.add_argument("--offload", action="store_true", help="model CPU offload: keep only the running model on the GPU")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _device_and_dtype(args):
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UnclipError(f"unknown device '{args.device}': use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UnclipError("--device cuda but no CUDA GPU is visible: use --device cpu")
+    dtype = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+    if dtype == "fp16" and device.type == "cpu":
+        raise UnclipError("--dtype fp16 needs a CUDA GPU: use --dtype fp32 (or bf16) on CPU")
+    if args.offload and device.type != "cuda":
+        raise UnclipError("--offload moves models between CPU and GPU: it needs --device cuda")
+    return device, getattr(torch, DTYPES[dtype])
+
+
+def run_generate(args) -> int:
+    if any(not p.strip() for p in args.prompt):
+        raise UnclipError("the prompt is empty: give a text such as \"a corgi playing a trumpet\"")
+    if args.seed < 0:
+        raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
+    from unclip.config import load_model_config
+    from unclip.outputs import ensure_writable, save_images
+
+    config = load_model_config(args.model)
+    if args.size and args.size > config.max_size:
+        raise UnclipError(f"--size {args.size} needs an upscaler: {args.model} has no 'upscaler:', so it ends at 256")
+    device, dtype = _device_and_dtype(args)
+    out = ensure_writable(args.out)
+
+    from unclip import __version__
+    from unclip.pipeline import UnCLIPCascade
+
+    pipe = UnCLIPCascade.from_config(config, torch_dtype=dtype)
+    if args.offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_attention(args.attention)
+    pipe.set_progress_bar_config(disable=args.quiet)
+    for i, prompt in enumerate(args.prompt):
+        result = pipe(
+            prompt,
+            negative_prompt=args.negative_prompt,
+            num_images_per_prompt=args.num_images,
+            seed=args.seed + i * args.num_images,
+            size=args.size,
+            scheduler=args.scheduler,
+            **{kwarg: getattr(args, kwarg) for _, kwarg, *_ in STAGE_FLAGS},
+        )
+        for meta in result.metadata:
+            meta["version"] = __version__
+        for path in save_images(out, result.images, result.metadata):
+            print(path)
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "generate": ("text → image through the cascade", add_generate_args, run_generate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="unclip", description="DALL·E 2-style text-to-image: CLIP → prior → decoder → 256 → 1024 px")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (help_text, add_args, _) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text, formatter_class=_Formatter))
+    return parser
+
+
+class _WarningLine(logging.Handler):
+    """unclip's warnings as ``warning: ...`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {record.getMessage()}", file=sys.stderr)
+
+
+def _quiet_libraries() -> None:
+    log = logging.getLogger("unclip")
+    log.setLevel(logging.WARNING)
+    if not any(isinstance(h, _WarningLine) for h in log.handlers):
+        log.addHandler(_WarningLine())
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _quiet_libraries()
+        return COMMANDS[args.command][2](args)
+    except UnclipError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; images written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

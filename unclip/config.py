@@ -1,0 +1,158 @@
+"""Typed model configs, loaded from YAML.
+
+A model config names where the weights are and the default settings of each of the four stages::
+
+    unclip: kakaobrain/karlo-v1-alpha                      # hub id, or a local folder in that repo's layout
+    upscaler: stabilityai/stable-diffusion-x4-upscaler     # optional: without it the cascade ends at 256 px
+    prior:   {steps: 25, guidance: 4.0, scheduler: default}
+    decoder: {steps: 25, guidance: 8.0, scheduler: default}
+    sr256:   {steps: 7, scheduler: default, noise_level: 0}
+    sr1024:  {steps: 75, guidance: 9.0, scheduler: default, noise_level: 20}
+
+`load_model_config` takes a preset name (a file of configs/ without ``.yaml``) or a path to a YAML file.
+Relative folders in a YAML file are read relative to that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unclip.errors import UnclipError
+
+STAGES = ("prior", "decoder", "sr256", "sr1024")
+
+
+@dataclass
+class StageSettings:
+    """Sampling settings of one stage. ``guidance`` ≤ 1 turns classifier-free guidance off."""
+
+    steps: int
+    guidance: float = 1.0
+    scheduler: str = "default"
+    noise_level: int = 0  # upsamplers only: augmentation level of the low-res input
+
+    def validate(self, stage: str) -> None:
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise UnclipError(f"{stage} steps must be a whole number ≥ 1, got {self.steps!r}")
+        if not isinstance(self.guidance, (int, float)) or self.guidance < 0:
+            raise UnclipError(f"{stage} guidance must be a number ≥ 0, got {self.guidance!r}")
+        if not isinstance(self.noise_level, int) or self.noise_level < 0:
+            raise UnclipError(f"{stage} noise_level must be a whole number ≥ 0, got {self.noise_level!r}")
+
+
+def karlo_defaults() -> dict[str, StageSettings]:
+    """The reference pipelines' defaults: UnCLIPPipeline (Karlo) and StableDiffusionUpscalePipeline."""
+    return {
+        "prior": StageSettings(steps=25, guidance=4.0),
+        "decoder": StageSettings(steps=25, guidance=8.0),
+        "sr256": StageSettings(steps=7),
+        "sr1024": StageSettings(steps=75, guidance=9.0, noise_level=20),
+    }
+
+
+@dataclass
+class ModelConfig:
+    """Where a cascade's weights are, and its default per-stage settings."""
+
+    unclip: str
+    upscaler: str | None = None
+    stages: dict[str, StageSettings] = field(default_factory=karlo_defaults)
+    name: str = ""
+
+    @property
+    def max_size(self) -> int:
+        return 1024 if self.upscaler else 256
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"unclip": self.unclip}
+        if self.upscaler:
+            out["upscaler"] = self.upscaler
+        for stage, settings in self.stages.items():
+            out[stage] = dataclasses.asdict(settings)
+        return out
+
+
+def presets_dir() -> Path:
+    """configs/ of a source checkout, or the copy packed into the wheel."""
+    packaged = Path(__file__).parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def _resolve_location(value: Any, key: str, base: Path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UnclipError(f"'{key}' must be a hub id or a folder, got {value!r}")
+    value = value.strip()
+    expanded = Path(value).expanduser()
+    if expanded.is_absolute() or value.startswith((".", "~")) or (base / expanded).exists():
+        return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+    return value  # a hub id such as kakaobrain/karlo-v1-alpha
+
+
+def _stage_from_dict(stage: str, raw: Any, default: StageSettings, source: str) -> StageSettings:
+    if raw is None:
+        return default
+    if not isinstance(raw, dict):
+        raise UnclipError(f"{source}: '{stage}' must be a mapping such as {{steps: 25}}, got {raw!r}")
+    valid = [f.name for f in dataclasses.fields(StageSettings)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise UnclipError(f"{source}: unknown key {stage}.{unknown[0]}; valid keys: {', '.join(valid)}")
+    settings = dataclasses.replace(default, **raw)
+    settings.validate(f"{source}: {stage}")
+    return settings
+
+
+def model_config_from_dict(raw: Any, *, source: str = "<dict>", base: Path | None = None) -> ModelConfig:
+    """Build a ModelConfig from a parsed YAML mapping, with one-line errors for every mistake."""
+    if not isinstance(raw, dict):
+        raise UnclipError(f"{source}: a model config must be a YAML mapping with at least 'unclip:'")
+    valid = ["unclip", "upscaler", *STAGES]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise UnclipError(f"{source}: unknown key '{unknown[0]}'; valid keys: {', '.join(valid)}")
+    if "unclip" not in raw:
+        raise UnclipError(f"{source}: missing 'unclip:' (a hub id such as kakaobrain/karlo-v1-alpha, or a folder)")
+    base = base or Path.cwd()
+    defaults = karlo_defaults()
+    upscaler = raw.get("upscaler")
+    return ModelConfig(
+        unclip=_resolve_location(raw["unclip"], "unclip", base),
+        upscaler=_resolve_location(upscaler, "upscaler", base) if upscaler else None,
+        stages={s: _stage_from_dict(s, raw.get(s), defaults[s], source) for s in STAGES},
+        name=source,
+    )
+
+
+def load_model_config(name_or_path: str | Path) -> ModelConfig:
+    """Load a preset by name (``karlo-x4``) or a YAML file by path."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if text.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise UnclipError(f"model config {text} does not exist; give a YAML file or one of: {', '.join(preset_names())}")
+    else:
+        path = presets_dir() / f"{text}.yaml"
+        if not path.is_file():
+            raise UnclipError(f"unknown model '{text}'; presets: {', '.join(preset_names())} (or give a path to a YAML file)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UnclipError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    config = model_config_from_dict(raw, source=str(path), base=path.parent)
+    config.name = path.stem if path.parent == presets_dir() else str(path)
+    return config
+
+
+def save_model_config(config: ModelConfig, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
+    return path

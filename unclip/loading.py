@@ -1,0 +1,209 @@
+"""Loading the pretrained repos in their hub layouts, from a local folder or the Hugging Face Hub.
+
+Two layouts are known, each as the hub has it and as diffusers' ``save_pretrained`` writes it:
+
+* ``karlo``: kakaobrain/karlo-v1-alpha (UnCLIPPipeline). Its model_index.json says
+  ``"text_proj": ["unclip", "UnCLIPTextProjModel"]``, which current diffusers refuses to load; diffusers'
+  ``save_pretrained`` writes ``["diffusers", ...]``. Both load here, into unclip's own text projection.
+  Without ``prior`` it is the karlo-v1-alpha-image-variations layout.
+* ``x4``: stabilityai/stable-diffusion-x4-upscaler (StableDiffusionUpscalePipeline).
+
+Components are loaded by their role in the layout (a registry of classes), never by importing a class
+name read from a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+
+from unclip.errors import UnclipError
+from unclip.text_proj import UnCLIPTextProjModel
+
+logger = logging.getLogger(__name__)
+
+# Schedulers a layout may name for a scheduler role.
+SCHEDULER_CLASSES = {
+    name: getattr(diffusers, name)
+    for name in (
+        "UnCLIPScheduler",
+        "DDPMScheduler",
+        "DDIMScheduler",
+        "DPMSolverMultistepScheduler",
+        "EulerDiscreteScheduler",
+        "PNDMScheduler",
+    )
+}
+
+
+@dataclass(frozen=True)
+class Role:
+    """One component of a layout: the classes it may be, and whether the layout may lack it."""
+
+    classes: tuple[type, ...]
+    optional: bool = False
+
+
+LAYOUTS: dict[str, dict[str, Role]] = {
+    "karlo": {
+        "text_encoder": Role((transformers.CLIPTextModelWithProjection,)),
+        "tokenizer": Role((transformers.CLIPTokenizer, transformers.CLIPTokenizerFast)),
+        "prior": Role((diffusers.PriorTransformer,), optional=True),
+        "prior_scheduler": Role(tuple(SCHEDULER_CLASSES.values()), optional=True),
+        "text_proj": Role((UnCLIPTextProjModel,)),
+        "decoder": Role((diffusers.UNet2DConditionModel,)),
+        "decoder_scheduler": Role(tuple(SCHEDULER_CLASSES.values())),
+        "super_res_first": Role((diffusers.UNet2DModel,)),
+        "super_res_last": Role((diffusers.UNet2DModel,)),
+        "super_res_scheduler": Role(tuple(SCHEDULER_CLASSES.values())),
+    },
+    "x4": {
+        "unet": Role((diffusers.UNet2DConditionModel,)),
+        "vae": Role((diffusers.AutoencoderKL,)),
+        "text_encoder": Role((transformers.CLIPTextModel,)),
+        "tokenizer": Role((transformers.CLIPTokenizer, transformers.CLIPTokenizerFast)),
+        "scheduler": Role(tuple(SCHEDULER_CLASSES.values())),
+        "low_res_scheduler": Role(tuple(SCHEDULER_CLASSES.values())),
+    },
+}
+
+
+def _is_hub_id(value: str) -> bool:
+    parts = value.split("/")
+    return len(parts) == 2 and all(parts) and not value.startswith((".", "/", "~"))
+
+
+def _weight_files(files: list[str]) -> list[str]:
+    """Per component folder: its safetensors if the repo has them, else its .bin (never fp16 variants)."""
+    by_folder: dict[str, list[str]] = defaultdict(list)
+    for f in files:
+        if "/" in f and f.endswith((".safetensors", ".bin")) and ".fp16." not in f:
+            by_folder[f.rsplit("/", 1)[0]].append(f)
+    chosen = []
+    for weights in by_folder.values():
+        chosen += [w for w in weights if w.endswith(".safetensors")] or weights
+    return chosen
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def fetch(location: str) -> Path:
+    """A local folder as is; a hub id from the local cache, else downloaded (configs and weights only)."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        return path
+    if not _is_hub_id(location):
+        raise UnclipError(f"folder {location} does not exist; give a local folder in the hub layout or a hub id")
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:  # already cached: no network needed
+        return Path(huggingface_hub.snapshot_download(location, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure here just means "not cached"
+        pass
+    offline_fix = (
+        f"download it where there is network (huggingface-cli download {location}) or point the model config "
+        "at a local folder in the same layout"
+    )
+    if offline():
+        raise UnclipError(f"{location} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: {offline_fix}")
+    try:
+        files = huggingface_hub.list_repo_files(location)
+        wanted = [f for f in files if f.endswith((".json", ".txt"))] + _weight_files(files)
+        return Path(huggingface_hub.snapshot_download(location, allow_patterns=wanted))
+    except RepositoryNotFoundError:
+        raise UnclipError(f"{location}: no such repository on the hub (if it is gated or private, log in first)") from None
+    except Exception as err:  # noqa: BLE001 - network failures come in many types (httpx, OSError, ...)
+        raise UnclipError(
+            f"cannot download {location} ({type(err).__name__}): no network? Set HF_HUB_OFFLINE=1 and {offline_fix}"
+        ) from None
+
+
+def read_model_index(folder: Path, layout: str) -> dict[str, Any]:
+    index_file = folder / "model_index.json"
+    roles = LAYOUTS[layout]
+    if not index_file.is_file():
+        required = ", ".join(name for name, role in roles.items() if not role.optional)
+        raise UnclipError(f"{folder} is not a {layout} layout: no model_index.json (expected subfolders {required})")
+    index = json.loads(index_file.read_text())
+    for name, role in roles.items():
+        if name not in index:
+            if role.optional:
+                continue
+            raise UnclipError(f"{folder}/model_index.json lists no '{name}': not a {layout} layout")
+        if not (folder / name).is_dir():
+            raise UnclipError(f"{folder} has no '{name}/' subfolder, which model_index.json lists; the download is incomplete")
+    return index
+
+
+def _read_config(folder: Path, name: str) -> dict[str, Any]:
+    for file in ("config.json", "scheduler_config.json"):
+        if (folder / name / file).is_file():
+            return json.loads((folder / name / file).read_text())
+    raise UnclipError(f"{folder}/{name}/ has no config.json: the download is incomplete")
+
+
+def check_karlo_sizes(folder: Path, index: dict[str, Any]) -> None:
+    """Refuse parts that do not fit together before loading any weights."""
+    text = _read_config(folder, "text_encoder").get("projection_dim")
+    proj = _read_config(folder, "text_proj")
+    decoder = _read_config(folder, "decoder")
+    if "prior" in index:
+        prior = _read_config(folder, "prior").get("embedding_dim", 768)
+        if prior != proj.get("clip_embeddings_dim", 768):
+            raise UnclipError(
+                f"{folder}: the prior makes {prior}-d CLIP embeddings but text_proj takes "
+                f"{proj.get('clip_embeddings_dim', 768)}-d: prior and decoder come from different models"
+            )
+    if text != proj.get("clip_embeddings_dim", 768):
+        raise UnclipError(f"{folder}: text_encoder projects to {text} dims but text_proj takes {proj.get('clip_embeddings_dim', 768)}")
+    if decoder.get("cross_attention_dim") != proj.get("cross_attention_dim"):
+        raise UnclipError(
+            f"{folder}: decoder cross_attention_dim {decoder.get('cross_attention_dim')} does not match "
+            f"text_proj's {proj.get('cross_attention_dim')}"
+        )
+
+
+def _load_one(folder: Path, name: str, entry: Any, role: Role, dtype: torch.dtype) -> Any:
+    class_name = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+    matches = [c for c in role.classes if c.__name__ == class_name]
+    if not matches:
+        expected = " or ".join(c.__name__ for c in role.classes)
+        raise UnclipError(f"{folder}/model_index.json: '{name}' is {class_name!r}, expected {expected}")
+    cls = matches[0]
+    path = folder / name
+    if issubclass(cls, diffusers.SchedulerMixin):
+        return cls.from_pretrained(path)
+    if issubclass(cls, transformers.PreTrainedTokenizerBase):
+        return cls.from_pretrained(path)
+    if issubclass(cls, transformers.PreTrainedModel):
+        return cls.from_pretrained(path, dtype=dtype)
+    return cls.from_pretrained(path, torch_dtype=dtype)
+
+
+def load_layout(location: str, layout: str, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Load every component of a layout from a folder or hub id. Returns ``{role: component}``."""
+    folder = fetch(location)
+    index = read_model_index(folder, layout)
+    if layout == "karlo":
+        check_karlo_sizes(folder, index)
+    components = {}
+    for name, role in LAYOUTS[layout].items():
+        if name in index:
+            components[name] = _load_one(folder, name, index[name], role, dtype)
+    for key, value in index.items():  # non-component entries, e.g. the x4 upscaler's max_noise_level
+        if not key.startswith("_") and key not in LAYOUTS[layout] and not isinstance(value, list):
+            components[key] = value
+    return components

@@ -1,0 +1,434 @@
+"""``UnCLIPCascade``: text → CLIP text encoder → prior → 64 px decoder → 64→256 → 256→1024.
+
+    from unclip import UnCLIPCascade
+    pipe = UnCLIPCascade.from_config("karlo-x4", torch_dtype=torch.float16).to("cuda")
+    out = pipe("a corgi playing a trumpet", num_images_per_prompt=2, seed=0, size=1024)
+    out.images[0].save("corgi.png"); out.metadata[0]["seed"]
+
+Stage names used throughout: ``prior``, ``decoder``, ``sr256`` (Karlo's 64→256 pair) and ``sr1024`` (the
+Stable Diffusion x4 latent upscaler). Every stage runs through the one loop of ``unclip.sampling``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
+
+from unclip.config import STAGES, ModelConfig, StageSettings, load_model_config, save_model_config
+from unclip.errors import UnclipError
+from unclip.guidance import guided, uses_guidance
+from unclip.loading import LAYOUTS, load_layout
+from unclip.sampling import initial_noise, sample
+from unclip.schedulers import make_scheduler
+from unclip.stages import DecoderDenoiser, LatentUpscalerDenoiser, PriorDenoiser, SuperResDenoiser
+
+logger = logging.getLogger("unclip")
+
+SIZES = (64, 256, 1024)
+OUTPUT_TYPES = ("pil", "np", "pt")
+UPSCALER_PREFIX = "upscaler_"
+
+
+@dataclass
+class CascadeOutput(BaseOutput):
+    """``images``: PIL images, an (N, H, W, 3) float array or an (N, 3, H, W) tensor in [0, 1].
+    ``metadata``: one dict per image with everything needed to make it again."""
+
+    images: Any
+    metadata: list[dict[str, Any]]
+
+
+@dataclass
+class TextConditioning:
+    """CLIP text encoder outputs; ``[negative; prompt]`` rows when ``doubled``."""
+
+    embeds: torch.Tensor
+    hidden_states: torch.Tensor
+    mask: torch.Tensor
+    doubled: bool
+
+    def rows(self, guided_stage: bool) -> TextConditioning:
+        if guided_stage or not self.doubled:
+            return self
+        half = self.embeds.shape[0] // 2
+        return TextConditioning(self.embeds[half:], self.hidden_states[half:], self.mask[half:], False)
+
+
+def tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP tokens padded to the tokenizer's 77; warns once per text that is truncated."""
+    limit = tokenizer.model_max_length
+    for text in dict.fromkeys(texts):
+        ids = tokenizer(text, truncation=False)["input_ids"]
+        if len(ids) > limit:
+            removed = tokenizer.decode(ids[limit - 1 : -1])
+            logger.warning("prompt truncated to CLIP's %d tokens; dropped: %r", limit, removed)
+    out = tokenizer(texts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
+    return out.input_ids, out.attention_mask.bool()
+
+
+class UnCLIPCascade(DiffusionPipeline):
+    """The DALL·E 2-style cascade on Karlo's components, optionally followed by the x4 upscaler."""
+
+    model_cpu_offload_seq = (
+        "text_encoder->prior->text_proj->decoder->super_res_first->super_res_last"
+        "->upscaler_text_encoder->upscaler_unet->upscaler_vae"
+    )
+    _optional_components = ["prior", "prior_scheduler"] + [UPSCALER_PREFIX + name for name in LAYOUTS["x4"]]
+
+    def __init__(
+        self,
+        text_encoder,
+        tokenizer,
+        text_proj,
+        decoder,
+        decoder_scheduler,
+        super_res_first,
+        super_res_last,
+        super_res_scheduler,
+        prior=None,
+        prior_scheduler=None,
+        upscaler_unet=None,
+        upscaler_vae=None,
+        upscaler_text_encoder=None,
+        upscaler_tokenizer=None,
+        upscaler_scheduler=None,
+        upscaler_low_res_scheduler=None,
+        max_noise_level: int = 350,
+        model_config: ModelConfig | None = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_proj=text_proj,
+            decoder=decoder,
+            decoder_scheduler=decoder_scheduler,
+            super_res_first=super_res_first,
+            super_res_last=super_res_last,
+            super_res_scheduler=super_res_scheduler,
+            prior=prior,
+            prior_scheduler=prior_scheduler,
+            upscaler_unet=upscaler_unet,
+            upscaler_vae=upscaler_vae,
+            upscaler_text_encoder=upscaler_text_encoder,
+            upscaler_tokenizer=upscaler_tokenizer,
+            upscaler_scheduler=upscaler_scheduler,
+            upscaler_low_res_scheduler=upscaler_low_res_scheduler,
+        )
+        self.max_noise_level = max_noise_level
+        self.model_config = model_config or ModelConfig(unclip="", upscaler="x4" if upscaler_unet else None)
+
+    # ----------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_config(cls, model: str | Path | ModelConfig, torch_dtype: torch.dtype | None = None) -> UnCLIPCascade:
+        """Load a cascade from a preset name (``karlo-x4``), a model YAML file or a ``ModelConfig``.
+
+        Each location in the config is a hub id (downloaded once, then read from the cache) or a local
+        folder in that repo's layout. In float16 the x4 upscaler's VAE stays in float32: it overflows in
+        float16 (black images), as in the reference pipeline.
+        """
+        config = model if isinstance(model, ModelConfig) else load_model_config(model)
+        dtype = torch_dtype or torch.float32
+        components = load_layout(config.unclip, "karlo", dtype)
+        if config.upscaler:
+            x4 = load_layout(config.upscaler, "x4", dtype)
+            components["max_noise_level"] = x4.pop("max_noise_level", 350)
+            if dtype == torch.float16:
+                x4["vae"].to(torch.float32)
+            components.update({UPSCALER_PREFIX + name: module for name, module in x4.items()})
+        return cls(**components, model_config=config)
+
+    def save_pretrained(self, save_directory: str | Path, **_: Any) -> Path:
+        """Write ``unclip/`` (Karlo layout), ``upscaler/`` (x4 layout) and ``model.yaml`` that loads them."""
+        root = Path(save_directory)
+        layouts = {"unclip": ("karlo", "UnCLIPPipeline", "")}
+        if self.upscaler_unet is not None:
+            layouts["upscaler"] = ("x4", "StableDiffusionUpscalePipeline", UPSCALER_PREFIX)
+        for folder, (layout, pipeline_class, prefix) in layouts.items():
+            index: dict[str, Any] = {"_class_name": pipeline_class}
+            for name in LAYOUTS[layout]:
+                component = getattr(self, prefix + name)
+                if component is None:
+                    continue
+                component.save_pretrained(root / folder / name)
+                library = type(component).__module__.split(".")[0]
+                index[name] = [library, type(component).__name__]
+            if layout == "x4":
+                index["max_noise_level"] = self.max_noise_level
+            (root / folder / "model_index.json").write_text(_json(index))
+        config = dataclasses.replace(self.model_config, unclip="unclip", upscaler="upscaler" if len(layouts) > 1 else None)
+        return save_model_config(config, root / "model.yaml")
+
+    # --------------------------------------------------------------------------------------- settings
+    @property
+    def max_size(self) -> int:
+        return 1024 if self.upscaler_unet is not None else 256
+
+    def set_attention(self, backend: str) -> None:
+        """``sdpa`` (PyTorch scaled_dot_product_attention, the default) or ``xformers``."""
+        if backend == "sdpa":
+            if getattr(self, "_xformers", False):
+                self.disable_xformers_memory_efficient_attention()
+                self._xformers = False
+            return
+        if backend != "xformers":
+            raise UnclipError(f"unknown attention backend '{backend}'; choose sdpa or xformers")
+        if importlib.util.find_spec("xformers") is None:
+            raise UnclipError("--attention xformers: xformers is not installed; pip install 'unclip[xformers]' or use sdpa")
+        if self._execution_device.type != "cuda":
+            raise UnclipError("--attention xformers needs a CUDA device; use sdpa on CPU")
+        self.enable_xformers_memory_efficient_attention()
+        self._xformers = True
+
+    def stage_settings(self, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, StageSettings]:
+        """The model config's settings per stage with ``{stage: {field: value}}`` overrides (None = keep)."""
+        settings = {}
+        for stage in STAGES:
+            changes = {k: v for k, v in (overrides or {}).get(stage, {}).items() if v is not None}
+            settings[stage] = dataclasses.replace(self.model_config.stages[stage], **changes)
+            settings[stage].validate(stage)
+            make_scheduler(settings[stage].scheduler, self._reference_scheduler(stage))  # fail early on a bad name
+        if settings["sr1024"].noise_level > self.max_noise_level:
+            raise UnclipError(f"sr1024 noise_level must be ≤ {self.max_noise_level}, got {settings['sr1024'].noise_level}")
+        return settings
+
+    def _reference_scheduler(self, stage: str):
+        names = {"prior": "prior_scheduler", "decoder": "decoder_scheduler", "sr256": "super_res_scheduler"}
+        scheduler = getattr(self, names.get(stage, "upscaler_scheduler"))
+        return scheduler if scheduler is not None else self.decoder_scheduler  # a stage this model lacks
+
+    def _progress(self, iterable, desc: str):
+        return tqdm(iterable, **{"desc": desc, "leave": False, **getattr(self, "_progress_bar_config", {})})
+
+    # ------------------------------------------------------------------------------------------ stages
+    def encode_text(self, prompts: list[str], negatives: list[str] | None, device: torch.device) -> TextConditioning:
+        """CLIP text embeddings z_t, hidden states and masks; ``[negatives; prompts]`` when given."""
+        texts = (negatives or []) + prompts
+        ids, mask = tokenize(self.tokenizer, texts)
+        out = self.text_encoder(ids.to(device))
+        return TextConditioning(out.text_embeds, out.last_hidden_state, mask.to(device), negatives is not None)
+
+    def run_prior(self, text: TextConditioning, s: StageSettings, generators, batch: int) -> torch.Tensor:
+        """Sample CLIP image embeddings z_i ~ P(z_i | y) (DALL·E 2 §2.2)."""
+        if self.prior is None:
+            raise UnclipError("this model has no prior (an image-variations layout): it cannot start from text")
+        rows = text.rows(uses_guidance(s.guidance))
+        denoiser = guided(PriorDenoiser(self.prior, rows.embeds, rows.hidden_states, rows.mask), s.guidance)
+        x_T = initial_noise((batch, self.prior.config.embedding_dim), generators, rows.embeds.device, rows.embeds.dtype)
+        scheduler = make_scheduler(s.scheduler, self.prior_scheduler)
+        z = sample(denoiser, scheduler, x_T, s.steps, generators, desc="prior", progress=self._progress)
+        return self.prior.post_process_latents(z)  # undo the clip_mean/clip_std normalisation
+
+    def run_decoder(self, image_embeds: torch.Tensor, text: TextConditioning, s: StageSettings, generators) -> torch.Tensor:
+        """Sample a 64 px image x ~ P(x | z_i, y) (DALL·E 2 §2.1), guided with the learned null embedding."""
+        use_cfg = uses_guidance(s.guidance)
+        rows = text.rows(use_cfg)
+        hidden, time_embeds = self.text_proj(
+            image_embeddings=image_embeds,
+            prompt_embeds=rows.embeds,
+            text_encoder_hidden_states=rows.hidden_states,
+            do_classifier_free_guidance=use_cfg,
+        )
+        mask = F.pad(rows.mask, (self.text_proj.config.clip_extra_context_tokens, 0), value=True)
+        channels, size = self.decoder.config.in_channels, self.decoder.config.sample_size
+        denoiser = guided(DecoderDenoiser(self.decoder, hidden, time_embeds, mask), s.guidance, channels)
+        x_T = initial_noise((image_embeds.shape[0], channels, size, size), generators, hidden.device, hidden.dtype)
+        scheduler = make_scheduler(s.scheduler, self.decoder_scheduler)
+        x = sample(denoiser, scheduler, x_T, s.steps, generators, desc="decoder", progress=self._progress)
+        return x.clamp(-1, 1)
+
+    def run_sr256(self, image: torch.Tensor, s: StageSettings, generators) -> torch.Tensor:
+        """64→256 (DALL·E 2 §2.1, upsamplers): bicubic-upsampled low-res image as extra input channels."""
+        size = self.super_res_first.config.sample_size
+        channels = self.super_res_first.config.in_channels // 2
+        x_T = initial_noise((image.shape[0], channels, size, size), generators, image.device, image.dtype)
+        low_res = F.interpolate(image, size=[size, size], mode="bicubic", align_corners=False, antialias=True)
+        if s.noise_level > 0:  # Gaussian noise augmentation on the stage's own schedule; the reference uses none
+            schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+            low_res = _augment(low_res, s.noise_level, schedule, generators)
+        scheduler = make_scheduler(s.scheduler, self.super_res_scheduler)
+        denoiser = SuperResDenoiser(self.super_res_first, self.super_res_last, low_res, s.steps)
+        return sample(denoiser, scheduler, x_T, s.steps, generators, desc="sr256", progress=self._progress)
+
+    def run_sr1024(self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators) -> torch.Tensor:
+        """256→1024 with the x4 latent upscaler, as StableDiffusionUpscalePipeline does it."""
+        use_cfg = uses_guidance(s.guidance)
+        device = image.device
+        ids, mask = tokenize(self.upscaler_tokenizer, (negatives if use_cfg else []) + prompts)
+        use_mask = getattr(self.upscaler_text_encoder.config, "use_attention_mask", False)
+        hidden = self.upscaler_text_encoder(ids.to(device), attention_mask=mask.to(device) if use_mask else None)[0]
+        low_res = ((image * 0.5 + 0.5).clamp(0, 1) * 2 - 1).to(hidden.dtype)  # the float image, as the reference gets it
+        level = torch.tensor([s.noise_level], dtype=torch.long, device=device)
+        low_res = _augment(low_res, level, self.upscaler_low_res_scheduler, generators)
+        repeat = 2 if use_cfg else 1
+        denoiser = LatentUpscalerDenoiser(
+            self.upscaler_unet, torch.cat([low_res] * repeat), level.repeat(low_res.shape[0] * repeat), hidden
+        )
+        vae = self.upscaler_vae
+        shape = (image.shape[0], vae.config.latent_channels, *image.shape[2:])
+        x_T = initial_noise(shape, generators, device, hidden.dtype)
+        scheduler = make_scheduler(s.scheduler, self.upscaler_scheduler)
+        latents = sample(guided(denoiser, s.guidance), scheduler, x_T, s.steps, generators, desc="sr1024", progress=self._progress)
+        if vae.dtype == torch.float16:  # the x4 VAE overflows in float16: decode in float32, as the reference does
+            vae.to(torch.float32)
+        _check_finite("sr1024 (latents)", latents)
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+
+    # -------------------------------------------------------------------------------------------- call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        size: int | None = None,
+        prior_num_inference_steps: int | None = None,
+        decoder_num_inference_steps: int | None = None,
+        super_res_num_inference_steps: int | None = None,
+        upscale_num_inference_steps: int | None = None,
+        prior_guidance_scale: float | None = None,
+        decoder_guidance_scale: float | None = None,
+        upscale_guidance_scale: float | None = None,
+        super_res_noise_level: int | None = None,
+        upscale_noise_level: int | None = None,
+        scheduler: str | dict[str, str] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> CascadeOutput | tuple:
+        """Generate images. ``None`` means the model config's default (the reference pipelines' defaults).
+
+        Args:
+            prompt: one prompt or a list; ``num_images_per_prompt`` images each, prompt-major order.
+            negative_prompt: encoded in place of "" in the unconditional branch of every guided stage.
+            seed: image k of the call uses ``torch.Generator("cpu").manual_seed(seed + k)`` for all its
+                noise, so it is the same made alone or in a batch. Ignored when ``generator`` is given.
+            generator: diffusers-style alternative: one generator (for the whole batch) or one per image.
+            size: 64, 256 or 1024 (default: the largest the model makes); the cascade stops there.
+            scheduler: one name for every stage, or ``{stage: name}`` (see ``unclip.schedulers``).
+            output_type: ``pil``, ``np`` or ``pt``.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise UnclipError("the prompt is empty: give a text such as \"a corgi playing a trumpet\"")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise UnclipError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise UnclipError(f"unknown output_type '{output_type}'; choose one of: {', '.join(OUTPUT_TYPES)}")
+        size = size or self.max_size
+        if size not in SIZES:
+            raise UnclipError(f"size must be one of 64, 256 or 1024, got {size}")
+        if size > self.max_size:
+            raise UnclipError(f"size {size} needs an upscaler: add 'upscaler:' to the model config, or ask for 256")
+        schedulers = scheduler if isinstance(scheduler, dict) else {stage: scheduler for stage in STAGES}
+        unknown = set(schedulers) - set(STAGES)
+        if unknown:
+            raise UnclipError(f"unknown stage '{sorted(unknown)[0]}' in scheduler; stages: {', '.join(STAGES)}")
+        settings = self.stage_settings(
+            {
+                "prior": dict(steps=prior_num_inference_steps, guidance=prior_guidance_scale, scheduler=schedulers.get("prior")),
+                "decoder": dict(steps=decoder_num_inference_steps, guidance=decoder_guidance_scale, scheduler=schedulers.get("decoder")),
+                "sr256": dict(steps=super_res_num_inference_steps, noise_level=super_res_noise_level, scheduler=schedulers.get("sr256")),
+                "sr1024": dict(
+                    steps=upscale_num_inference_steps,
+                    guidance=upscale_guidance_scale,
+                    noise_level=upscale_noise_level,
+                    scheduler=schedulers.get("sr1024"),
+                ),
+            }
+        )
+        device = self._execution_device
+        if device.type == "cpu" and self.dtype == torch.float16:
+            raise UnclipError("float16 needs a GPU: on CPU load with torch_dtype=torch.float32 (or bfloat16)")
+
+        batch = len(prompts) * num_images_per_prompt
+        per_image = [p for p in prompts for _ in range(num_images_per_prompt)]
+        negatives = _negatives(negative_prompt, len(prompts), num_images_per_prompt)
+        generators, seeds = _generators(seed, generator, batch)
+        stages_run = [s for s, limit in (("prior", 0), ("decoder", 0), ("sr256", 64), ("sr1024", 256)) if size > limit]
+
+        needs_uncond = uses_guidance(settings["prior"].guidance) or uses_guidance(settings["decoder"].guidance)
+        text = self.encode_text(per_image, negatives if needs_uncond else None, device)
+        image_embeds = _check_finite("prior", self.run_prior(text, settings["prior"], generators, batch))
+        x = _check_finite("decoder", self.run_decoder(image_embeds, text, settings["decoder"], generators))
+        if "sr256" in stages_run:
+            x = _check_finite("sr256", self.run_sr256(x, settings["sr256"], generators))
+        if "sr1024" in stages_run:
+            x = _check_finite("sr1024", self.run_sr1024(x, per_image, negatives, settings["sr1024"], generators))
+        self.maybe_free_model_hooks()
+
+        images = _postprocess(x, output_type)
+        common = {
+            "size": size,
+            "model": self.model_config.name,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": device.type,
+            "stages": {stage: dataclasses.asdict(settings[stage]) for stage in stages_run},
+        }
+        metadata = [
+            {"prompt": per_image[k], "negative_prompt": negatives[k], "seed": seeds[k], "index": k, **common}
+            for k in range(batch)
+        ]
+        return CascadeOutput(images=images, metadata=metadata) if return_dict else (images, metadata)
+
+
+def _augment(image: torch.Tensor, level, scheduler, generators) -> torch.Tensor:
+    """q(x_s | x_0) at s = level: noise augmentation of an upsampler's low-res input."""
+    noise = initial_noise(image.shape, generators, image.device, image.dtype)
+    level = torch.as_tensor([level] if isinstance(level, int) else level, device=image.device)
+    return scheduler.add_noise(image, noise, level)
+
+
+def _negatives(negative_prompt, num_prompts: int, per_prompt: int) -> list[str]:
+    if negative_prompt is None or isinstance(negative_prompt, str):
+        return [negative_prompt or ""] * (num_prompts * per_prompt)
+    if len(negative_prompt) != num_prompts:
+        raise UnclipError(f"got {len(negative_prompt)} negative prompts for {num_prompts} prompts: give one each, or one for all")
+    return [n or "" for n in negative_prompt for _ in range(per_prompt)]
+
+
+def _generators(seed, generator, batch: int) -> tuple[Any, list[int | None]]:
+    if generator is not None:
+        if isinstance(generator, list) and len(generator) != batch:
+            raise UnclipError(f"got {len(generator)} generators for {batch} images: give one per image")
+        return generator, [None] * batch
+    if seed is None:
+        seed = random.randrange(2**31)
+    if not isinstance(seed, int) or seed < 0:
+        raise UnclipError(f"seed must be a whole number ≥ 0, got {seed!r}")
+    return [torch.Generator("cpu").manual_seed(seed + k) for k in range(batch)], [seed + k for k in range(batch)]
+
+
+def _check_finite(stage: str, x: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise UnclipError(
+            f"stage {stage} produced NaN/inf values in {str(x.dtype).removeprefix('torch.')}: "
+            "run it in bfloat16 or float32 (--dtype bf16 / fp32)"
+        )
+    return x
+
+
+def _postprocess(x: torch.Tensor, output_type: str):
+    images = (x * 0.5 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return images.float().cpu()
+    array = images.cpu().permute(0, 2, 3, 1).float().numpy()
+    return array if output_type == "np" else DiffusionPipeline.numpy_to_pil(array)
+
+
+def _json(data: dict) -> str:
+    import json
+
+    return json.dumps(data, indent=2) + "\n"

@@ -1,0 +1,57 @@
+"""The one denoising loop: every stage of the cascade (prior, decoder, both upsamplers) runs through it.
+
+``sample`` is a function of a denoiser (k-diffusion style): the stage supplies ``denoiser(x_t, t, i)``
+returning the model output the scheduler expects (ε, x_0 or v, with optional learned variance), already
+guided if guidance is on. The scheduler supplies the reverse step x_t → x_{t-1}.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+
+import torch
+from diffusers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from unclip.guidance import Denoiser
+from unclip.schedulers import uses_learned_variance
+
+Progress = Callable[[Iterable, str], Iterable]
+
+
+def initial_noise(
+    shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """x_T ~ N(0, I), one generator per image so an image is the same alone or in a batch."""
+    return randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+
+
+def sample(
+    denoiser: Denoiser,
+    scheduler: SchedulerMixin,
+    x_T: torch.Tensor,
+    num_steps: int,
+    generators: list[torch.Generator],
+    *,
+    desc: str = "",
+    progress: Progress | None = None,
+    step_kwargs: dict | None = None,
+) -> torch.Tensor:
+    """Run the reverse process from x_T for ``num_steps`` steps of ``scheduler``; returns x_0."""
+    scheduler.set_timesteps(num_steps, device=x_T.device)
+    timesteps = scheduler.timesteps
+    step_params = inspect.signature(scheduler.step).parameters
+    x = x_T * scheduler.init_noise_sigma
+    keep_variance = uses_learned_variance(scheduler)
+    for i, t in enumerate(progress(timesteps, desc) if progress else timesteps):
+        model_output = denoiser(scheduler.scale_model_input(x, t), t, i)
+        if model_output.shape[1] != x.shape[1] and not keep_variance:
+            model_output = model_output[:, : x.shape[1]]  # drop the learned variance the sampler doesn't use
+        kwargs = dict(step_kwargs or {})
+        if "generator" in step_params:
+            kwargs["generator"] = generators
+        if "prev_timestep" in step_params:  # UnCLIPScheduler: spaced steps need the next timestep
+            kwargs["prev_timestep"] = timesteps[i + 1] if i + 1 < len(timesteps) else None
+        x = scheduler.step(model_output, t, x, **kwargs).prev_sample
+    return x

@@ -1,0 +1,79 @@
+"""Per-stage scheduler choice: a registry of builders, each deriving a sampler from the stage's own
+(reference) scheduler so the noise schedule, prediction type and clipping stay those the model was
+trained with.
+
+* ``default``: the checkpoint's own scheduler (UnCLIPScheduler for Karlo's stages, DDIM for the x4 upscaler).
+* ``unclip``: UnCLIPScheduler (Karlo's stages only: it knows only the squaredcos_cap_v2 schedule).
+* ``ddpm``: ancestral DDPM (Ho et al. 2020, eq. 6-7); uses the decoder's learned variance as UnCLIP does.
+* ``ddim``: DDIM (Song et al. 2021, eq. 12), eta = 0 unless a caller passes one.
+* ``dpmpp``: DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2).
+
+Schedulers that do not use a learned variance get only the model's mean channels (see ``sampling``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin, UnCLIPScheduler
+
+from unclip.errors import UnclipError
+
+
+def _derived(cls: type, reference: SchedulerMixin, **overrides) -> SchedulerMixin:
+    """A ``cls`` scheduler over the reference's diffusion process (betas, prediction type, clipping)."""
+    config = dict(reference.config)
+    if isinstance(reference, UnCLIPScheduler):  # its schedule is fixed in code, not in its config
+        config.update(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
+    config.update(overrides)
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls.from_config({k: v for k, v in config.items() if k in accepted})
+
+
+def _default(reference: SchedulerMixin) -> SchedulerMixin:
+    return type(reference).from_config(reference.config)
+
+
+def _unclip(reference: SchedulerMixin) -> SchedulerMixin:
+    if not isinstance(reference, UnCLIPScheduler):
+        raise UnclipError(
+            f"scheduler 'unclip' needs the squaredcos_cap_v2 schedule, but this stage was trained with "
+            f"{reference.config.get('beta_schedule')}: use default, ddpm, ddim or dpmpp"
+        )
+    return _default(reference)
+
+
+def _ddpm(reference: SchedulerMixin) -> SchedulerMixin:
+    return _derived(DDPMScheduler, reference)
+
+
+def _ddim(reference: SchedulerMixin) -> SchedulerMixin:
+    return _derived(DDIMScheduler, reference)
+
+
+def _dpmpp(reference: SchedulerMixin) -> SchedulerMixin:
+    return _derived(
+        DPMSolverMultistepScheduler, reference, algorithm_type="dpmsolver++", solver_order=2, variance_type=None
+    )
+
+
+SCHEDULERS: dict[str, Callable[[SchedulerMixin], SchedulerMixin]] = {
+    "default": _default,
+    "unclip": _unclip,
+    "ddpm": _ddpm,
+    "ddim": _ddim,
+    "dpmpp": _dpmpp,
+}
+
+
+def make_scheduler(name: str, reference: SchedulerMixin) -> SchedulerMixin:
+    """A fresh scheduler named ``name`` for a stage whose checkpoint ships ``reference``."""
+    if name not in SCHEDULERS:
+        raise UnclipError(f"unknown scheduler '{name}'; choose one of: {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name](reference)
+
+
+def uses_learned_variance(scheduler: SchedulerMixin) -> bool:
+    """Whether ``scheduler.step`` takes the model's extra variance channels (UnCLIP, DDPM learned_range)."""
+    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
