@@ -10,12 +10,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="unclip-test-hf-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from unclip.replicas import tiny_karlo, tiny_x4_upscaler  # noqa: E402
+from unclip.replicas import tiny_karlo, tiny_x4_upscaler
 
 
 def pytest_collection_modifyitems(config, items):

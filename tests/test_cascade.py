@@ -14,10 +14,21 @@ FAST = dict(prior_num_inference_steps=4, decoder_num_inference_steps=4, super_re
 
 
 def test_batch_equals_single(cascade):
-    batch = cascade("a red cube", num_images_per_prompt=2, seed=5, size=256, output_type="np", **FAST).images
-    alone = cascade("a red cube", seed=6, size=256, output_type="np", **FAST).images
-    assert np.abs(batch[1] - alone[0]).max() < 1e-4
-    assert np.abs(batch[0] - batch[1]).max() > 1e-2, "two seeds gave the same image"
+    """Image k of a batch is the image made alone with seed + k.
+
+    Batched matrix products round differently from single ones (~1e-6), and Karlo's 64→256 upsampler
+    starts at t = 999 where x_0 = (x_t − √(1−ᾱ)ε)/√ᾱ amplifies that by 1/√ᾱ_999 ≈ 2·10⁴, in the reference
+    pipeline as here; so at 256 px a few pixels in 10⁴ may differ by a grey level, never the picture.
+    """
+    kwargs = dict(output_type="np", **FAST)
+    small_batch = cascade("a red cube", num_images_per_prompt=2, seed=5, size=64, **kwargs).images
+    small_alone = cascade("a red cube", seed=6, size=64, **kwargs).images
+    assert np.abs(small_batch[1] - small_alone[0]).max() < 1e-4
+    batch = cascade("a red cube", num_images_per_prompt=2, seed=5, size=256, **kwargs).images
+    alone = cascade("a red cube", seed=6, size=256, **kwargs).images
+    difference = np.abs(batch[1] - alone[0])
+    assert difference.mean() < 1e-5 and (difference > 1 / 255).mean() < 1e-3
+    assert np.abs(batch[0] - batch[1]).mean() > 0.05, "two seeds gave the same image"
 
 
 def test_batch_across_prompts_equals_single(cascade):
@@ -44,7 +55,10 @@ def test_sizes_and_output_types(cascade, size):
 
 def _batch_sizes(module):
     seen = []
-    module.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get("sample", args[0] if args else None).shape[0]), with_kwargs=True)
+    module.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs.get("sample", args[0] if args else None).shape[0]),
+        with_kwargs=True,
+    )
     return seen
 
 
@@ -82,12 +96,20 @@ def test_schedulers_differ_from_default(cascade):
 
 
 def test_dpmpp_upscaler_at_1024(cascade):
-    out = cascade("a cat", seed=0, size=1024, scheduler={"sr1024": "dpmpp"}, upscale_num_inference_steps=3, output_type="np", **FAST)
+    out = cascade(
+        "a cat",
+        seed=0,
+        size=1024,
+        scheduler={"sr1024": "dpmpp"},
+        upscale_num_inference_steps=3,
+        output_type="np",
+        **FAST,
+    )
     assert out.images.shape == (1, 1024, 1024, 3) and np.isfinite(out.images).all()
 
 
 def test_unclip_scheduler_refused_for_the_x4_stage(cascade):
-    with pytest.raises(UnclipError, match="squaredcos"):
+    with pytest.raises(UnclipError, match="sr1024: scheduler .unclip. needs the squaredcos"):
         cascade("a cat", seed=0, size=1024, scheduler={"sr1024": "unclip"}, **FAST)
 
 

@@ -5,12 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import write_model_yaml
 
 from unclip import UnCLIPCascade, UnclipError, load_model_config
 from unclip.config import preset_names
 from unclip.text_proj import UnCLIPTextProjModel
-
-from conftest import write_model_yaml
 
 FAST = dict(prior_num_inference_steps=3, decoder_num_inference_steps=3, super_res_num_inference_steps=2)
 
@@ -110,3 +109,10 @@ def test_bad_model_yaml(tmp_path, text, message):
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(UnclipError, match="unknown model 'nope'; presets: .*karlo-x4"):
         load_model_config("nope")
+
+
+def test_public_names_resolve():
+    import unclip
+
+    assert set(unclip.__all__) == {*unclip._EXPORTS, "__version__"}
+    assert all(getattr(unclip, name) is not None for name in unclip.__all__)

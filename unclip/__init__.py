@@ -20,7 +20,16 @@ _EXPORTS = {
     "UnclipError": "unclip.errors",
     "UnCLIPTextProjModel": "unclip.text_proj",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CascadeOutput",
+    "UnCLIPCascade",
+    "ModelConfig",
+    "StageSettings",
+    "load_model_config",
+    "UnclipError",
+    "UnCLIPTextProjModel",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

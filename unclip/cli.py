@@ -26,7 +26,12 @@ class _Formatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default is not None and action.default is not False and action.default != argparse.SUPPRESS and "default" not in text:
+        if (
+            action.default is not None
+            and action.default is not False
+            and action.default != argparse.SUPPRESS
+            and "default" not in text
+        ):
             text += " (default: %(default)s)"
         return text
 
@@ -93,19 +98,35 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (never overwritten)")
     p.add_argument("--seed", type=int, default=0, help="image k of the run uses seed SEED + k")
     p.add_argument("--num-images", type=_positive_int, default=1, help="images per prompt")
-    p.add_argument("--size", type=int, choices=(64, 256, 1024), help="stop early at this size (default: the largest the model makes)")
-    p.add_argument("--negative-prompt", default=None, help="used in place of \"\" in the unguided branch")
+    p.add_argument(
+        "--size",
+        type=int,
+        choices=(64, 256, 1024),
+        help="stop early at this size (default: the largest the model makes)",
+    )
+    p.add_argument("--negative-prompt", default=None, help='used in place of "" in the unguided branch')
     defaults = karlo_defaults()
     for flag, kwarg, stage, field, kind, what in STAGE_FLAGS:
         default = getattr(defaults[stage], field)
-        p.add_argument(flag, dest=kwarg, type=kind, metavar=field.upper(), help=f"{what} (default: from the model config; Karlo's: {default})")
+        p.add_argument(
+            flag,
+            dest=kwarg,
+            type=kind,
+            metavar=field.upper(),
+            help=f"{what} (default: from the model config; Karlo's: {default})",
+        )
     p.add_argument(
         "--scheduler",
         type=_schedulers,
         default=None,
         help=f"one of {', '.join(SCHEDULERS)} for all stages, or per stage: prior=ddim,sr1024=dpmpp (default: default)",
     )
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="auto: fp16 on CUDA, fp32 on CPU (fp16 on CPU is refused)")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="auto: fp16 on CUDA, fp32 on CPU (fp16 on CPU is refused)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
     p.add_argument("--offload", action="store_true", help="model CPU offload: keep only the running model on the GPU")
@@ -129,12 +150,15 @@ def _device_and_dtype(args):
         raise UnclipError("--dtype fp16 needs a CUDA GPU: use --dtype fp32 (or bf16) on CPU")
     if args.offload and device.type != "cuda":
         raise UnclipError("--offload moves models between CPU and GPU: it needs --device cuda")
+    from unclip.pipeline import check_attention
+
+    check_attention(args.attention, device)
     return device, getattr(torch, DTYPES[dtype])
 
 
 def run_generate(args) -> int:
     if any(not p.strip() for p in args.prompt):
-        raise UnclipError("the prompt is empty: give a text such as \"a corgi playing a trumpet\"")
+        raise UnclipError('the prompt is empty: give a text such as "a corgi playing a trumpet"')
     if args.seed < 0:
         raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
     from unclip.config import load_model_config
@@ -201,8 +225,9 @@ def _quiet_libraries() -> None:
     import diffusers
     import transformers
 
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
+    for library in (diffusers, transformers):  # their "Loading weights" bars would bury ours
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

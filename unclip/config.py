@@ -138,11 +138,15 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     path = Path(text).expanduser()
     if text.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
-            raise UnclipError(f"model config {text} does not exist; give a YAML file or one of: {', '.join(preset_names())}")
+            raise UnclipError(
+                f"model config {text} does not exist; give a YAML file or one of: {', '.join(preset_names())}"
+            )
     else:
         path = presets_dir() / f"{text}.yaml"
         if not path.is_file():
-            raise UnclipError(f"unknown model '{text}'; presets: {', '.join(preset_names())} (or give a path to a YAML file)")
+            raise UnclipError(
+                f"unknown model '{text}'; presets: {', '.join(preset_names())} (or give a path to a YAML file)"
+            )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -107,12 +107,12 @@ def fetch(location: str) -> Path:
     if not _is_hub_id(location):
         raise UnclipError(f"folder {location} does not exist; give a local folder in the hub layout or a hub id")
     import huggingface_hub
-    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:  # already cached: no network needed
         return Path(huggingface_hub.snapshot_download(location, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any failure here just means "not cached"
-        pass
+    except LocalEntryNotFoundError:
+        pass  # not cached: download below, unless offline
     offline_fix = (
         f"download it where there is network (huggingface-cli download {location}) or point the model config "
         "at a local folder in the same layout"
@@ -124,8 +124,10 @@ def fetch(location: str) -> Path:
         wanted = [f for f in files if f.endswith((".json", ".txt"))] + _weight_files(files)
         return Path(huggingface_hub.snapshot_download(location, allow_patterns=wanted))
     except RepositoryNotFoundError:
-        raise UnclipError(f"{location}: no such repository on the hub (if it is gated or private, log in first)") from None
-    except Exception as err:  # noqa: BLE001 - network failures come in many types (httpx, OSError, ...)
+        raise UnclipError(
+            f"{location}: no such repository on the hub (if it is gated or private, log in first)"
+        ) from None
+    except Exception as err:
         raise UnclipError(
             f"cannot download {location} ({type(err).__name__}): no network? Set HF_HUB_OFFLINE=1 and {offline_fix}"
         ) from None
@@ -144,7 +146,9 @@ def read_model_index(folder: Path, layout: str) -> dict[str, Any]:
                 continue
             raise UnclipError(f"{folder}/model_index.json lists no '{name}': not a {layout} layout")
         if not (folder / name).is_dir():
-            raise UnclipError(f"{folder} has no '{name}/' subfolder, which model_index.json lists; the download is incomplete")
+            raise UnclipError(
+                f"{folder} has no '{name}/' subfolder, which model_index.json lists; the download is incomplete"
+            )
     return index
 
 
@@ -168,7 +172,9 @@ def check_karlo_sizes(folder: Path, index: dict[str, Any]) -> None:
                 f"{proj.get('clip_embeddings_dim', 768)}-d: prior and decoder come from different models"
             )
     if text != proj.get("clip_embeddings_dim", 768):
-        raise UnclipError(f"{folder}: text_encoder projects to {text} dims but text_proj takes {proj.get('clip_embeddings_dim', 768)}")
+        raise UnclipError(
+            f"{folder}: text_encoder projects to {text} dims but text_proj takes {proj.get('clip_embeddings_dim', 768)}"
+        )
     if decoder.get("cross_attention_dim") != proj.get("cross_attention_dim"):
         raise UnclipError(
             f"{folder}: decoder cross_attention_dim {decoder.get('cross_attention_dim')} does not match "

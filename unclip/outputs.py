@@ -28,7 +28,9 @@ def ensure_writable(folder: Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".unclip-write-test-"):
             pass
     except OSError as err:
-        raise UnclipError(f"output folder {folder} is not writable ({err.strerror or err}): choose another --out") from None
+        raise UnclipError(
+            f"output folder {folder} is not writable ({err.strerror or err}): choose another --out"
+        ) from None
     return folder
 
 
@@ -52,7 +54,9 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
         pairs["SR256 noise level"] = stages["sr256"]["noise_level"]
     if "sr1024" in stages:
         sr = stages["sr1024"]
-        pairs.update({"SR1024 steps": sr["steps"], "SR1024 sampler": sr["scheduler"], "SR1024 CFG scale": sr["guidance"]})
+        pairs.update(
+            {"SR1024 steps": sr["steps"], "SR1024 sampler": sr["scheduler"], "SR1024 CFG scale": sr["guidance"]}
+        )
         pairs["Noise level"] = sr["noise_level"]
     pairs["Version"] = f"unclip {meta.get('version', '')}".strip()
     lines = [meta["prompt"]]
@@ -71,7 +75,7 @@ def save_images(folder: Path, images: list[Image.Image], metadata: list[dict[str
     """Write each image as ``NNNNN-SEED.png`` with its parameters, and append its metadata.jsonl line."""
     written = []
     number = _next_number(folder)
-    for image, meta in zip(images, metadata):
+    for image, meta in zip(images, metadata, strict=True):
         info = PngInfo()
         info.add_text("parameters", a1111_parameters(meta))
         while True:

@@ -167,7 +167,9 @@ class UnCLIPCascade(DiffusionPipeline):
             if layout == "x4":
                 index["max_noise_level"] = self.max_noise_level
             (root / folder / "model_index.json").write_text(_json(index))
-        config = dataclasses.replace(self.model_config, unclip="unclip", upscaler="upscaler" if len(layouts) > 1 else None)
+        config = dataclasses.replace(
+            self.model_config, unclip="unclip", upscaler="upscaler" if len(layouts) > 1 else None
+        )
         return save_model_config(config, root / "model.yaml")
 
     # --------------------------------------------------------------------------------------- settings
@@ -182,25 +184,32 @@ class UnCLIPCascade(DiffusionPipeline):
                 self.disable_xformers_memory_efficient_attention()
                 self._xformers = False
             return
-        if backend != "xformers":
-            raise UnclipError(f"unknown attention backend '{backend}'; choose sdpa or xformers")
-        if importlib.util.find_spec("xformers") is None:
-            raise UnclipError("--attention xformers: xformers is not installed; pip install 'unclip[xformers]' or use sdpa")
-        if self._execution_device.type != "cuda":
-            raise UnclipError("--attention xformers needs a CUDA device; use sdpa on CPU")
+        check_attention(backend, self._execution_device)
         self.enable_xformers_memory_efficient_attention()
         self._xformers = True
 
-    def stage_settings(self, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, StageSettings]:
-        """The model config's settings per stage with ``{stage: {field: value}}`` overrides (None = keep)."""
+    def stage_settings(
+        self, overrides: dict[str, dict[str, Any]] | None = None, stages: tuple[str, ...] = STAGES
+    ) -> dict[str, StageSettings]:
+        """The model config's settings per stage with ``{stage: {field: value}}`` overrides (None = keep).
+
+        Only ``stages`` (those that will run) are checked: a 256 px preview ignores the x4 stage's settings.
+        """
         settings = {}
         for stage in STAGES:
             changes = {k: v for k, v in (overrides or {}).get(stage, {}).items() if v is not None}
             settings[stage] = dataclasses.replace(self.model_config.stages[stage], **changes)
+            if stage not in stages:
+                continue
             settings[stage].validate(stage)
-            make_scheduler(settings[stage].scheduler, self._reference_scheduler(stage))  # fail early on a bad name
-        if settings["sr1024"].noise_level > self.max_noise_level:
-            raise UnclipError(f"sr1024 noise_level must be ≤ {self.max_noise_level}, got {settings['sr1024'].noise_level}")
+            try:  # fail before any work on a bad name
+                make_scheduler(settings[stage].scheduler, self._reference_scheduler(stage))
+            except UnclipError as error:
+                raise UnclipError(f"{stage}: {error}") from None
+        if "sr1024" in stages and settings["sr1024"].noise_level > self.max_noise_level:
+            raise UnclipError(
+                f"sr1024 noise_level must be ≤ {self.max_noise_level}, got {settings['sr1024'].noise_level}"
+            )
         return settings
 
     def _reference_scheduler(self, stage: str):
@@ -213,11 +222,17 @@ class UnCLIPCascade(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------ stages
     def encode_text(self, prompts: list[str], negatives: list[str] | None, device: torch.device) -> TextConditioning:
-        """CLIP text embeddings z_t, hidden states and masks; ``[negatives; prompts]`` when given."""
+        """CLIP text embeddings z_t, hidden states and masks; ``[negatives; prompts]`` when given.
+
+        Each distinct text goes through the encoder alone, as UnCLIPPipeline does it, so a row does not
+        depend on what else is in the batch (same seed, same picture, alone or batched)."""
         texts = (negatives or []) + prompts
         ids, mask = tokenize(self.tokenizer, texts)
-        out = self.text_encoder(ids.to(device))
-        return TextConditioning(out.text_embeds, out.last_hidden_state, mask.to(device), negatives is not None)
+        first = {text: row for row, text in reversed(list(enumerate(texts)))}
+        encoded = {text: self.text_encoder(ids[row : row + 1].to(device)) for text, row in first.items()}
+        embeds = torch.cat([encoded[text].text_embeds for text in texts])
+        hidden = torch.cat([encoded[text].last_hidden_state for text in texts])
+        return TextConditioning(embeds, hidden, mask.to(device), negatives is not None)
 
     def run_prior(self, text: TextConditioning, s: StageSettings, generators, batch: int) -> torch.Tensor:
         """Sample CLIP image embeddings z_i ~ P(z_i | y) (DALL·E 2 §2.2)."""
@@ -230,7 +245,9 @@ class UnCLIPCascade(DiffusionPipeline):
         z = sample(denoiser, scheduler, x_T, s.steps, generators, desc="prior", progress=self._progress)
         return self.prior.post_process_latents(z)  # undo the clip_mean/clip_std normalisation
 
-    def run_decoder(self, image_embeds: torch.Tensor, text: TextConditioning, s: StageSettings, generators) -> torch.Tensor:
+    def run_decoder(
+        self, image_embeds: torch.Tensor, text: TextConditioning, s: StageSettings, generators
+    ) -> torch.Tensor:
         """Sample a 64 px image x ~ P(x | z_i, y) (DALL·E 2 §2.1), guided with the learned null embedding."""
         use_cfg = uses_guidance(s.guidance)
         rows = text.rows(use_cfg)
@@ -261,14 +278,18 @@ class UnCLIPCascade(DiffusionPipeline):
         denoiser = SuperResDenoiser(self.super_res_first, self.super_res_last, low_res, s.steps)
         return sample(denoiser, scheduler, x_T, s.steps, generators, desc="sr256", progress=self._progress)
 
-    def run_sr1024(self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators) -> torch.Tensor:
+    def run_sr1024(
+        self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators
+    ) -> torch.Tensor:
         """256→1024 with the x4 latent upscaler, as StableDiffusionUpscalePipeline does it."""
         use_cfg = uses_guidance(s.guidance)
         device = image.device
         ids, mask = tokenize(self.upscaler_tokenizer, (negatives if use_cfg else []) + prompts)
         use_mask = getattr(self.upscaler_text_encoder.config, "use_attention_mask", False)
         hidden = self.upscaler_text_encoder(ids.to(device), attention_mask=mask.to(device) if use_mask else None)[0]
-        low_res = ((image * 0.5 + 0.5).clamp(0, 1) * 2 - 1).to(hidden.dtype)  # the float image, as the reference gets it
+        low_res = ((image * 0.5 + 0.5).clamp(0, 1) * 2 - 1).to(
+            hidden.dtype
+        )  # the float image, as the reference gets it
         level = torch.tensor([s.noise_level], dtype=torch.long, device=device)
         low_res = _augment(low_res, level, self.upscaler_low_res_scheduler, generators)
         repeat = 2 if use_cfg else 1
@@ -279,7 +300,9 @@ class UnCLIPCascade(DiffusionPipeline):
         shape = (image.shape[0], vae.config.latent_channels, *image.shape[2:])
         x_T = initial_noise(shape, generators, device, hidden.dtype)
         scheduler = make_scheduler(s.scheduler, self.upscaler_scheduler)
-        latents = sample(guided(denoiser, s.guidance), scheduler, x_T, s.steps, generators, desc="sr1024", progress=self._progress)
+        latents = sample(
+            guided(denoiser, s.guidance), scheduler, x_T, s.steps, generators, desc="sr1024", progress=self._progress
+        )
         if vae.dtype == torch.float16:  # the x4 VAE overflows in float16: decode in float32, as the reference does
             vae.to(torch.float32)
         _check_finite("sr1024 (latents)", latents)
@@ -322,7 +345,7 @@ class UnCLIPCascade(DiffusionPipeline):
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise UnclipError("the prompt is empty: give a text such as \"a corgi playing a trumpet\"")
+            raise UnclipError('the prompt is empty: give a text such as "a corgi playing a trumpet"')
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise UnclipError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt!r}")
         if output_type not in OUTPUT_TYPES:
@@ -336,18 +359,30 @@ class UnCLIPCascade(DiffusionPipeline):
         unknown = set(schedulers) - set(STAGES)
         if unknown:
             raise UnclipError(f"unknown stage '{sorted(unknown)[0]}' in scheduler; stages: {', '.join(STAGES)}")
+        stages_run = tuple(stage for stage, below in zip(STAGES, (0, 0, 64, 256), strict=True) if size > below)
         settings = self.stage_settings(
             {
-                "prior": dict(steps=prior_num_inference_steps, guidance=prior_guidance_scale, scheduler=schedulers.get("prior")),
-                "decoder": dict(steps=decoder_num_inference_steps, guidance=decoder_guidance_scale, scheduler=schedulers.get("decoder")),
-                "sr256": dict(steps=super_res_num_inference_steps, noise_level=super_res_noise_level, scheduler=schedulers.get("sr256")),
+                "prior": dict(
+                    steps=prior_num_inference_steps, guidance=prior_guidance_scale, scheduler=schedulers.get("prior")
+                ),
+                "decoder": dict(
+                    steps=decoder_num_inference_steps,
+                    guidance=decoder_guidance_scale,
+                    scheduler=schedulers.get("decoder"),
+                ),
+                "sr256": dict(
+                    steps=super_res_num_inference_steps,
+                    noise_level=super_res_noise_level,
+                    scheduler=schedulers.get("sr256"),
+                ),
                 "sr1024": dict(
                     steps=upscale_num_inference_steps,
                     guidance=upscale_guidance_scale,
                     noise_level=upscale_noise_level,
                     scheduler=schedulers.get("sr1024"),
                 ),
-            }
+            },
+            stages_run,
         )
         device = self._execution_device
         if device.type == "cpu" and self.dtype == torch.float16:
@@ -357,7 +392,6 @@ class UnCLIPCascade(DiffusionPipeline):
         per_image = [p for p in prompts for _ in range(num_images_per_prompt)]
         negatives = _negatives(negative_prompt, len(prompts), num_images_per_prompt)
         generators, seeds = _generators(seed, generator, batch)
-        stages_run = [s for s, limit in (("prior", 0), ("decoder", 0), ("sr256", 64), ("sr1024", 256)) if size > limit]
 
         needs_uncond = uses_guidance(settings["prior"].guidance) or uses_guidance(settings["decoder"].guidance)
         text = self.encode_text(per_image, negatives if needs_uncond else None, device)
@@ -384,6 +418,18 @@ class UnCLIPCascade(DiffusionPipeline):
         return CascadeOutput(images=images, metadata=metadata) if return_dict else (images, metadata)
 
 
+def check_attention(backend: str, device: torch.device) -> None:
+    """Refuse an attention backend that cannot run here, before anything is loaded."""
+    if backend == "sdpa":
+        return
+    if backend != "xformers":
+        raise UnclipError(f"unknown attention backend '{backend}'; choose sdpa or xformers")
+    if importlib.util.find_spec("xformers") is None:
+        raise UnclipError("--attention xformers: xformers is not installed; pip install 'unclip[xformers]' or use sdpa")
+    if torch.device(device).type != "cuda":
+        raise UnclipError("--attention xformers needs a CUDA device; use sdpa on CPU")
+
+
 def _augment(image: torch.Tensor, level, scheduler, generators) -> torch.Tensor:
     """q(x_s | x_0) at s = level: noise augmentation of an upsampler's low-res input."""
     noise = initial_noise(image.shape, generators, image.device, image.dtype)
@@ -395,7 +441,9 @@ def _negatives(negative_prompt, num_prompts: int, per_prompt: int) -> list[str]:
     if negative_prompt is None or isinstance(negative_prompt, str):
         return [negative_prompt or ""] * (num_prompts * per_prompt)
     if len(negative_prompt) != num_prompts:
-        raise UnclipError(f"got {len(negative_prompt)} negative prompts for {num_prompts} prompts: give one each, or one for all")
+        raise UnclipError(
+            f"got {len(negative_prompt)} negative prompts for {num_prompts} prompts: give one each, or one for all"
+        )
     return [n or "" for n in negative_prompt for _ in range(per_prompt)]
 
 

@@ -38,81 +38,192 @@ __all__ = ["clip_tokenizer_files", "randomize_", "tiny_karlo", "tiny_x4_upscaler
 
 # karlo-v1-alpha/prior: 32 heads x 64, 20 layers, embedding_dim 768 (the inner width differs from the
 # embedding width there too: 2048 vs 768).
-KARLO_PRIOR = dict(num_attention_heads=2, attention_head_dim=24, num_layers=2, embedding_dim=32,
-                   num_embeddings=77, additional_embeddings=4, dropout=0.0)
+KARLO_PRIOR = dict(
+    num_attention_heads=2,
+    attention_head_dim=24,
+    num_layers=2,
+    embedding_dim=32,
+    num_embeddings=77,
+    additional_embeddings=4,
+    dropout=0.0,
+)
 # karlo-v1-alpha/decoder: block_out_channels 320/640/960/1280 (4 levels), 3 layers per block, 64-dim heads,
 # 32 groups, cross_attention_dim 1536.
 KARLO_DECODER = dict(
-    act_fn="silu", attention_head_dim=16, block_out_channels=(32, 64), center_input_sample=False,
-    class_embed_type="identity", cross_attention_dim=64,
-    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"), downsample_padding=1,
-    dual_cross_attention=False, flip_sin_to_cos=True, freq_shift=0, in_channels=3, layers_per_block=1,
-    mid_block_scale_factor=1, mid_block_type="UNetMidBlock2DSimpleCrossAttn", norm_eps=1e-5, norm_num_groups=8,
-    num_class_embeds=None, only_cross_attention=False, out_channels=6, resnet_time_scale_shift="scale_shift",
-    sample_size=64, up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), upcast_attention=False,
+    act_fn="silu",
+    attention_head_dim=16,
+    block_out_channels=(32, 64),
+    center_input_sample=False,
+    class_embed_type="identity",
+    cross_attention_dim=64,
+    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+    downsample_padding=1,
+    dual_cross_attention=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    in_channels=3,
+    layers_per_block=1,
+    mid_block_scale_factor=1,
+    mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+    norm_eps=1e-5,
+    norm_num_groups=8,
+    num_class_embeds=None,
+    only_cross_attention=False,
+    out_channels=6,
+    resnet_time_scale_shift="scale_shift",
+    sample_size=64,
+    up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    upcast_attention=False,
     use_linear_projection=False,
 )
 # karlo-v1-alpha/super_res_first and super_res_last (identical configs): block_out_channels 320/640/960/1280,
 # 3 layers per block, 32 groups.
 KARLO_SUPER_RES = dict(
-    act_fn="silu", add_attention=False, attention_head_dim=8, block_out_channels=(16, 32), center_input_sample=False,
-    down_block_types=("ResnetDownsampleBlock2D",) * 2, downsample_padding=1, flip_sin_to_cos=True, freq_shift=0,
-    in_channels=6, layers_per_block=1, mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=8, out_channels=3,
-    resnet_time_scale_shift="default", sample_size=256, time_embedding_type="positional",
+    act_fn="silu",
+    add_attention=False,
+    attention_head_dim=8,
+    block_out_channels=(16, 32),
+    center_input_sample=False,
+    down_block_types=("ResnetDownsampleBlock2D",) * 2,
+    downsample_padding=1,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    in_channels=6,
+    layers_per_block=1,
+    mid_block_scale_factor=1,
+    norm_eps=1e-5,
+    norm_num_groups=8,
+    out_channels=3,
+    resnet_time_scale_shift="default",
+    sample_size=256,
+    time_embedding_type="positional",
     up_block_types=("ResnetUpsampleBlock2D",) * 2,
 )
 # karlo-v1-alpha/text_encoder (openai/clip-vit-large-patch14's text tower): hidden 768, 12 layers, 12 heads,
 # MLP 3072, projection 768. hidden_size and projection_dim must both equal the prior's embedding_dim.
 KARLO_TEXT_ENCODER = dict(
-    attention_dropout=0.0, bos_token_id=0, dropout=0.0, eos_token_id=2, hidden_act="quick_gelu", hidden_size=32,
-    initializer_factor=1.0, initializer_range=0.02, intermediate_size=64, layer_norm_eps=1e-5,
-    max_position_embeddings=77, num_attention_heads=4, num_hidden_layers=2, pad_token_id=1, projection_dim=32,
+    attention_dropout=0.0,
+    bos_token_id=0,
+    dropout=0.0,
+    eos_token_id=2,
+    hidden_act="quick_gelu",
+    hidden_size=32,
+    initializer_factor=1.0,
+    initializer_range=0.02,
+    intermediate_size=64,
+    layer_norm_eps=1e-5,
+    max_position_embeddings=77,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    pad_token_id=1,
+    projection_dim=32,
     vocab_size=49408,
 )
 # karlo-v1-alpha/text_proj: clip_embeddings_dim 768, time_embed_dim 1280 (= 320 * 4), cross_attention_dim 1536.
-KARLO_TEXT_PROJ = dict(clip_extra_context_tokens=4, clip_embeddings_dim=32, time_embed_dim=32 * 4,
-                       cross_attention_dim=64)
+KARLO_TEXT_PROJ = dict(
+    clip_extra_context_tokens=4, clip_embeddings_dim=32, time_embed_dim=32 * 4, cross_attention_dim=64
+)
 # The scheduler configs are the real ones, unchanged.
 KARLO_SCHEDULERS = {
-    "prior_scheduler": dict(clip_sample=True, clip_sample_range=5.0, num_train_timesteps=1000,
-                            prediction_type="sample", variance_type="fixed_small_log"),
-    "decoder_scheduler": dict(clip_sample=True, clip_sample_range=1.0, num_train_timesteps=1000,
-                              prediction_type="epsilon", variance_type="learned_range"),
-    "super_res_scheduler": dict(clip_sample=True, clip_sample_range=1.0, num_train_timesteps=1000,
-                                prediction_type="epsilon", variance_type="fixed_small_log"),
+    "prior_scheduler": dict(
+        clip_sample=True,
+        clip_sample_range=5.0,
+        num_train_timesteps=1000,
+        prediction_type="sample",
+        variance_type="fixed_small_log",
+    ),
+    "decoder_scheduler": dict(
+        clip_sample=True,
+        clip_sample_range=1.0,
+        num_train_timesteps=1000,
+        prediction_type="epsilon",
+        variance_type="learned_range",
+    ),
+    "super_res_scheduler": dict(
+        clip_sample=True,
+        clip_sample_range=1.0,
+        num_train_timesteps=1000,
+        prediction_type="epsilon",
+        variance_type="fixed_small_log",
+    ),
 }
 
 # stable-diffusion-x4-upscaler/unet: block_out_channels 256/512/512/1024, 2 layers per block, 32 groups,
 # cross_attention_dim 1024 (= the text encoder's hidden size). attention_head_dim is diffusers' legacy name
 # for the number of heads (8, as in the real config).
 X4_UNET = dict(
-    act_fn="silu", attention_head_dim=8, block_out_channels=(16, 32, 32, 64), center_input_sample=False,
-    cross_attention_dim=32, down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3, downsample_padding=1,
-    dual_cross_attention=False, flip_sin_to_cos=True, freq_shift=0, in_channels=7, layers_per_block=1,
-    mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=8, num_class_embeds=1000,
-    only_cross_attention=(True, True, True, False), out_channels=4, sample_size=128,
-    up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",), use_linear_projection=True,
+    act_fn="silu",
+    attention_head_dim=8,
+    block_out_channels=(16, 32, 32, 64),
+    center_input_sample=False,
+    cross_attention_dim=32,
+    down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
+    downsample_padding=1,
+    dual_cross_attention=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    in_channels=7,
+    layers_per_block=1,
+    mid_block_scale_factor=1,
+    norm_eps=1e-5,
+    norm_num_groups=8,
+    num_class_embeds=1000,
+    only_cross_attention=(True, True, True, False),
+    out_channels=4,
+    sample_size=128,
+    up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",),
+    use_linear_projection=True,
 )
 # stable-diffusion-x4-upscaler/vae: block_out_channels 128/256/512 (three levels: scale factor 4, kept),
 # 2 layers per block, 32 groups. The real VAE has a self-attention in its mid-blocks; here it is switched off
 # (mid_block_add_attention=False): at 1024 px its decoder attends over 256 x 256 = 65,536 latent tokens, which
 # takes minutes on a CPU even at tiny widths.
 X4_VAE = dict(
-    act_fn="silu", block_out_channels=(8, 16, 32), down_block_types=("DownEncoderBlock2D",) * 3, in_channels=3,
-    latent_channels=4, layers_per_block=1, mid_block_add_attention=False, norm_num_groups=8, out_channels=3,
-    sample_size=256, scaling_factor=0.08333, up_block_types=("UpDecoderBlock2D",) * 3,
+    act_fn="silu",
+    block_out_channels=(8, 16, 32),
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    in_channels=3,
+    latent_channels=4,
+    layers_per_block=1,
+    mid_block_add_attention=False,
+    norm_num_groups=8,
+    out_channels=3,
+    sample_size=256,
+    scaling_factor=0.08333,
+    up_block_types=("UpDecoderBlock2D",) * 3,
 )
 # stable-diffusion-x4-upscaler/text_encoder (OpenCLIP ViT-H text tower up to its penultimate layer): hidden 1024,
 # 23 layers, 16 heads, MLP 4096, projection 512 (unused by CLIPTextModel).
 X4_TEXT_ENCODER = {**KARLO_TEXT_ENCODER, "hidden_act": "gelu"}
 X4_SCHEDULERS = {  # (class, the real config, unchanged)
-    "scheduler": ("DDIMScheduler", dict(
-        beta_end=0.02, beta_schedule="scaled_linear", beta_start=0.0001, clip_sample=False, num_train_timesteps=1000,
-        prediction_type="v_prediction", set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
-        trained_betas=None)),
-    "low_res_scheduler": ("DDPMScheduler", dict(
-        beta_end=0.02, beta_schedule="scaled_linear", beta_start=0.0001, clip_sample=False, num_train_timesteps=1000,
-        prediction_type="epsilon", trained_betas=None, variance_type="fixed_small")),
+    "scheduler": (
+        "DDIMScheduler",
+        dict(
+            beta_end=0.02,
+            beta_schedule="scaled_linear",
+            beta_start=0.0001,
+            clip_sample=False,
+            num_train_timesteps=1000,
+            prediction_type="v_prediction",
+            set_alpha_to_one=False,
+            skip_prk_steps=True,
+            steps_offset=1,
+            trained_betas=None,
+        ),
+    ),
+    "low_res_scheduler": (
+        "DDPMScheduler",
+        dict(
+            beta_end=0.02,
+            beta_schedule="scaled_linear",
+            beta_start=0.0001,
+            clip_sample=False,
+            num_train_timesteps=1000,
+            prediction_type="epsilon",
+            trained_betas=None,
+            variance_type="fixed_small",
+        ),
+    ),
 }
 
 
@@ -127,7 +238,8 @@ def clip_tokenizer_files(out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    with gzip.open(default_bpe()) as handle:
+        merges = handle.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + [m.replace(" ", "") for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -219,8 +331,9 @@ def _save_model(out: Path, name: str, build: Callable[[], torch.nn.Module], seed
 
 def _save_tokenizer(path: Path, *, pad_token: str) -> list[str]:
     files = clip_tokenizer_files(path)  # the hub's files; transformers 5 adds a tokenizer.json next to them
-    tokenizer = CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt"), pad_token=pad_token,
-                              model_max_length=77)
+    tokenizer = CLIPTokenizer(
+        str(files / "vocab.json"), str(files / "merges.txt"), pad_token=pad_token, model_max_length=77
+    )
     tokenizer.save_pretrained(path)
     return ["transformers", "CLIPTokenizer"]
 
