@@ -2,6 +2,7 @@
 
     unclip generate "a corgi playing a trumpet" --model karlo-x4 --out outputs/ --seed 0 --num-images 2
     unclip generate --help
+    unclip embed my/images --clip hf:openai/clip-vit-large-patch14   # CLIP image embeddings for training
 
 Mistakes in the input end with one ``error: ...`` line on stderr and exit code 2, before any work.
 """
@@ -134,6 +135,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _device_and_dtype(args):
+    """``--device`` and ``--dtype`` resolved: auto is CUDA in fp16 when there is a GPU, else CPU in fp32."""
     import torch
 
     device = args.device
@@ -148,12 +150,17 @@ def _device_and_dtype(args):
     dtype = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")
     if dtype == "fp16" and device.type == "cpu":
         raise UnclipError("--dtype fp16 needs a CUDA GPU: use --dtype fp32 (or bf16) on CPU")
+    return device, getattr(torch, DTYPES[dtype])
+
+
+def _generate_device_and_dtype(args):
+    device, dtype = _device_and_dtype(args)
     if args.offload and device.type != "cuda":
         raise UnclipError("--offload moves models between CPU and GPU: it needs --device cuda")
     from unclip.pipeline import check_attention
 
     check_attention(args.attention, device)
-    return device, getattr(torch, DTYPES[dtype])
+    return device, dtype
 
 
 def run_generate(args) -> int:
@@ -167,7 +174,7 @@ def run_generate(args) -> int:
     config = load_model_config(args.model)
     if args.size and args.size > config.max_size:
         raise UnclipError(f"--size {args.size} needs an upscaler: {args.model} has no 'upscaler:', so it ends at 256")
-    device, dtype = _device_and_dtype(args)
+    device, dtype = _generate_device_and_dtype(args)
     out = ensure_writable(args.out)
 
     from unclip import __version__
@@ -197,8 +204,52 @@ def run_generate(args) -> int:
     return 0
 
 
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
+def add_embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "data", help="an imagefolder with metadata.jsonl, a .tar shard, a folder of shards or shards-{000..009}.tar"
+    )
+    p.add_argument(
+        "--clip",
+        required=True,
+        help="openclip:MODEL/PRETRAINED, hf:HUB_ID_OR_FOLDER or tiny:DIM (e.g. hf:openai/clip-vit-large-patch14)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per CLIP forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="auto: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--num-workers", type=_workers, default=0, help="DataLoader worker processes decoding images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_embed(args) -> int:
+    device, dtype = _device_and_dtype(args)
+    from unclip.train.embeddings import embed_dataset, read_cache
+
+    path = embed_dataset(
+        args.data,
+        args.clip,
+        batch_size=args.batch_size,
+        device=device,
+        progress=not args.quiet,
+        dtype=dtype,
+        num_workers=args.num_workers,
+    )
+    cache = read_cache(path)
+    print(path)
+    skipped = int((~cache.valid).sum())
+    print(f"embedded {len(cache) - skipped} images, skipped {skipped} unreadable", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "generate": ("text → image through the cascade", add_generate_args, run_generate),
+    "embed": ("precompute the CLIP image embeddings of a training dataset", add_embed_args, run_embed),
 }
 
 
@@ -217,7 +268,7 @@ class _WarningLine(logging.Handler):
         print(f"warning: {record.getMessage()}", file=sys.stderr)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     log = logging.getLogger("unclip")
     log.setLevel(logging.WARNING)
     if not any(isinstance(h, _WarningLine) for h in log.handlers):
@@ -233,13 +284,13 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        _quiet_libraries()
+        quiet_libraries()
         return COMMANDS[args.command][2](args)
     except UnclipError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; images written so far are kept", file=sys.stderr)
+        print("error: interrupted; files written so far are kept", file=sys.stderr)
         return 130
 
 
