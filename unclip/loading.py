@@ -7,6 +7,10 @@ Two layouts are known, each as the hub has it and as diffusers' ``save_pretraine
   ``save_pretrained`` writes ``["diffusers", ...]``. Both load here, into unclip's own text projection.
   Without ``prior`` it is the karlo-v1-alpha-image-variations layout.
 * ``x4``: stabilityai/stable-diffusion-x4-upscaler (StableDiffusionUpscalePipeline).
+* ``pixel``: a pixel-space 256→1024 upsampler (``unet``: a UNet2DModel taking the noisy image and the
+  upsampled low-res image, ``scheduler``), the layout unclip's trainer writes for stage sr1024.
+
+A model config's ``upscaler`` may be ``x4`` or ``pixel``: ``detect_upscaler_layout`` tells them apart.
 
 Components are loaded by their role in the layout (a registry of classes), never by importing a class
 name read from a file.
@@ -74,7 +78,12 @@ LAYOUTS: dict[str, dict[str, Role]] = {
         "scheduler": Role(tuple(SCHEDULER_CLASSES.values())),
         "low_res_scheduler": Role(tuple(SCHEDULER_CLASSES.values())),
     },
+    "pixel": {
+        "unet": Role((diffusers.UNet2DModel,)),
+        "scheduler": Role(tuple(SCHEDULER_CLASSES.values())),
+    },
 }
+UPSCALER_LAYOUTS = ("x4", "pixel")
 
 
 def _is_hub_id(value: str) -> bool:
@@ -131,6 +140,21 @@ def fetch(location: str) -> Path:
         raise UnclipError(
             f"cannot download {location} ({type(err).__name__}): no network? Set HF_HUB_OFFLINE=1 and {offline_fix}"
         ) from None
+
+
+def detect_upscaler_layout(location: str) -> str:
+    """``x4`` (a latent upscaler with its VAE) or ``pixel`` (a pixel-space UNet), from model_index.json."""
+    folder = fetch(location)
+    index_file = folder / "model_index.json"
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    if "vae" in index:
+        return "x4"
+    if "unet" in index:
+        return "pixel"
+    raise UnclipError(
+        f"upscaler {location} is no known layout: expected stable-diffusion-x4-upscaler's (unet, vae, ...) "
+        "or a pixel upsampler's (unet, scheduler) model_index.json"
+    )
 
 
 def read_model_index(folder: Path, layout: str) -> dict[str, Any]:

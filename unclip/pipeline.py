@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from unclip.config import STAGES, ModelConfig, StageSettings, load_model_config, save_model_config
 from unclip.errors import UnclipError
 from unclip.guidance import guided, uses_guidance
-from unclip.loading import LAYOUTS, load_layout
+from unclip.loading import LAYOUTS, detect_upscaler_layout, load_layout
 from unclip.sampling import initial_noise, sample
 from unclip.schedulers import make_scheduler
 from unclip.stages import DecoderDenoiser, LatentUpscalerDenoiser, PriorDenoiser, SuperResDenoiser
@@ -136,25 +136,30 @@ class UnCLIPCascade(DiffusionPipeline):
 
         Each location in the config is a hub id (downloaded once, then read from the cache) or a local
         folder in that repo's layout. In float16 the x4 upscaler's VAE stays in float32: it overflows in
-        float16 (black images), as in the reference pipeline.
+        float16 (black images), as in the reference pipeline. ``upscaler`` may also be a pixel-space
+        256→1024 upsampler (the layout unclip's trainer writes).
         """
         config = model if isinstance(model, ModelConfig) else load_model_config(model)
         dtype = torch_dtype or torch.float32
         components = load_layout(config.unclip, "karlo", dtype)
         if config.upscaler:
-            x4 = load_layout(config.upscaler, "x4", dtype)
-            components["max_noise_level"] = x4.pop("max_noise_level", 350)
-            if dtype == torch.float16:
-                x4["vae"].to(torch.float32)
-            components.update({UPSCALER_PREFIX + name: module for name, module in x4.items()})
+            layout = detect_upscaler_layout(config.upscaler)
+            upscaler = load_layout(config.upscaler, layout, dtype)
+            upscaler.pop("_unclip_layout", None)
+            components["max_noise_level"] = upscaler.pop("max_noise_level", 350)
+            if layout == "x4" and dtype == torch.float16:
+                upscaler["vae"].to(torch.float32)
+            components.update({UPSCALER_PREFIX + name: module for name, module in upscaler.items()})
         return cls(**components, model_config=config)
 
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> Path:
         """Write ``unclip/`` (Karlo layout), ``upscaler/`` (x4 layout) and ``model.yaml`` that loads them."""
         root = Path(save_directory)
         layouts = {"unclip": ("karlo", "UnCLIPPipeline", "")}
-        if self.upscaler_unet is not None:
+        if self.upscaler_layout == "x4":
             layouts["upscaler"] = ("x4", "StableDiffusionUpscalePipeline", UPSCALER_PREFIX)
+        elif self.upscaler_layout == "pixel":
+            layouts["upscaler"] = ("pixel", "PixelUpscalerPipeline", UPSCALER_PREFIX)
         for folder, (layout, pipeline_class, prefix) in layouts.items():
             index: dict[str, Any] = {"_class_name": pipeline_class}
             for name in LAYOUTS[layout]:
@@ -166,6 +171,8 @@ class UnCLIPCascade(DiffusionPipeline):
                 index[name] = [library, type(component).__name__]
             if layout == "x4":
                 index["max_noise_level"] = self.max_noise_level
+            if layout == "pixel":
+                index["_unclip_layout"] = "pixel"
             (root / folder / "model_index.json").write_text(_json(index))
         config = dataclasses.replace(
             self.model_config, unclip="unclip", upscaler="upscaler" if len(layouts) > 1 else None
@@ -173,6 +180,13 @@ class UnCLIPCascade(DiffusionPipeline):
         return save_model_config(config, root / "model.yaml")
 
     # --------------------------------------------------------------------------------------- settings
+    @property
+    def upscaler_layout(self) -> str | None:
+        """``x4`` (the SD x4 latent upscaler), ``pixel`` (a pixel-space UNet) or None (the cascade ends at 256)."""
+        if self.upscaler_unet is None:
+            return None
+        return "x4" if self.upscaler_vae is not None else "pixel"
+
     @property
     def max_size(self) -> int:
         return 1024 if self.upscaler_unet is not None else 256
@@ -266,19 +280,39 @@ class UnCLIPCascade(DiffusionPipeline):
         return x.clamp(-1, 1)
 
     def run_sr256(self, image: torch.Tensor, s: StageSettings, generators) -> torch.Tensor:
-        """64→256 (DALL·E 2 §2.1, upsamplers): bicubic-upsampled low-res image as extra input channels."""
-        size = self.super_res_first.config.sample_size
-        channels = self.super_res_first.config.in_channels // 2
+        """64→256 (DALL·E 2 §2.1, upsamplers): Karlo's ``super_res_first``, then ``super_res_last``."""
+        return self._upsample(
+            image, self.super_res_first, self.super_res_last, self.super_res_scheduler, s, generators, "sr256"
+        )
+
+    def _upsample(self, image, first, last, reference_scheduler, s: StageSettings, generators, stage: str):
+        """A pixel upsampler: the bicubic-upsampled low-res image as extra input channels of x_t."""
+        size = first.config.sample_size
+        channels = first.config.in_channels // 2
         x_T = initial_noise((image.shape[0], channels, size, size), generators, image.device, image.dtype)
         low_res = F.interpolate(image, size=[size, size], mode="bicubic", align_corners=False, antialias=True)
         if s.noise_level > 0:  # Gaussian noise augmentation on the stage's own schedule; the reference uses none
             schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
             low_res = _augment(low_res, s.noise_level, schedule, generators)
-        scheduler = make_scheduler(s.scheduler, self.super_res_scheduler)
-        denoiser = SuperResDenoiser(self.super_res_first, self.super_res_last, low_res, s.steps)
-        return sample(denoiser, scheduler, x_T, s.steps, generators, desc="sr256", progress=self._progress)
+        scheduler = make_scheduler(s.scheduler, reference_scheduler)
+        denoiser = SuperResDenoiser(first, last, low_res, s.steps)
+        return sample(denoiser, scheduler, x_T, s.steps, generators, desc=stage, progress=self._progress)
 
     def run_sr1024(
+        self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators
+    ) -> torch.Tensor:
+        """256→1024: the x4 latent upscaler, or a pixel-space upsampler."""
+        if self.upscaler_layout == "pixel":
+            return self.run_pixel_sr1024(image, s, generators)
+        return self.run_x4_sr1024(image, prompts, negatives, s, generators)
+
+    def run_pixel_sr1024(self, image: torch.Tensor, s: StageSettings, generators) -> torch.Tensor:
+        """256→1024 in pixel space (DALL·E 2 Appendix C): the bicubic-upsampled 256 px image as extra input
+        channels of an attention-free UNet; no text, so no guidance."""
+        unet = self.upscaler_unet
+        return self._upsample(image.clamp(-1, 1), unet, unet, self.upscaler_scheduler, s, generators, "sr1024")
+
+    def run_x4_sr1024(
         self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators
     ) -> torch.Tensor:
         """256→1024 with the x4 latent upscaler, as StableDiffusionUpscalePipeline does it."""

@@ -7,6 +7,7 @@ and CLIP BPE tokenizer), only with small sizes and random weights.
 * ``tiny_karlo``: kakaobrain/karlo-v1-alpha (without the prior: the image-variations layout minus its image
   encoder and feature extractor).
 * ``tiny_x4_upscaler``: stabilityai/stable-diffusion-x4-upscaler.
+* ``tiny_pixel_upscaler``: the pixel-space 256→1024 layout that unclip's trainer writes (``unclip.loading``).
 * ``clip_tokenizer_files``: ``vocab.json`` and ``merges.txt`` of the OpenAI CLIP BPE, rebuilt offline from the
   copy open_clip ships (same tokens, same ids as openai/clip-vit-large-patch14).
 
@@ -30,7 +31,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from unclip.text_proj import UnCLIPTextProjModel
 
-__all__ = ["clip_tokenizer_files", "randomize_", "tiny_karlo", "tiny_x4_upscaler"]
+__all__ = ["clip_tokenizer_files", "randomize_", "tiny_karlo", "tiny_pixel_upscaler", "tiny_x4_upscaler"]
 
 # Each model config below is the real repo's config.json with the sizes shrunk (the real sizes in the
 # comments); every other key (block types, activations, embeddings, channel counts in and out) is kept.
@@ -147,6 +148,10 @@ KARLO_SCHEDULERS = {
         variance_type="fixed_small_log",
     ),
 }
+
+# The pixel 256→1024 upsampler (DALL·E 2 Appendix C: no attention, convolutional at full size): Karlo's
+# super-res UNet with the 1024 px sample size.
+PIXEL_UPSCALER = {**KARLO_SUPER_RES, "block_out_channels": (8, 16), "norm_num_groups": 4, "sample_size": 1024}
 
 # stable-diffusion-x4-upscaler/unet: block_out_channels 256/512/512/1024, 2 layers per block, 32 groups,
 # cross_attention_dim 1024 (= the text encoder's hidden size). attention_head_dim is diffusers' legacy name
@@ -306,6 +311,18 @@ def tiny_x4_upscaler(out_dir: str | Path, *, seed: int = 0) -> Path:
         index[name] = _save_scheduler(out / name, class_name, config)
     index["max_noise_level"] = 350
     _write_json(out / "model_index.json", {"_class_name": "StableDiffusionUpscalePipeline", **index})
+    return out
+
+
+def tiny_pixel_upscaler(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Writes a tiny random pixel 256→1024 upsampler (the layout unclip's trainer writes) into ``out_dir``."""
+    out = Path(out_dir)
+    index = {
+        "_unclip_layout": "pixel",
+        "unet": _save_model(out, "unet", lambda: UNet2DModel(**PIXEL_UPSCALER), seed),
+        "scheduler": _save_scheduler(out / "scheduler", "UnCLIPScheduler", KARLO_SCHEDULERS["super_res_scheduler"]),
+    }
+    _write_json(out / "model_index.json", {"_class_name": "PixelUpscalerPipeline", **index})
     return out
 
 

@@ -54,8 +54,9 @@ class DecoderDenoiser:
 
 @dataclass
 class SuperResDenoiser:
-    """Karlo's 64→256 upsampler: the low-res image upsampled and concatenated to x_t. ``first`` runs
-    every step but the last, ``last`` the final step (Karlo trains the two separately)."""
+    """A pixel upsampler (Karlo's 64→256, or a 256→1024 one): the low-res image upsampled and concatenated
+    to x_t. ``first`` runs every step but the last, ``last`` the final step (Karlo trains the two
+    separately; a single model is both)."""
 
     first: UNet2DModel
     last: UNet2DModel
