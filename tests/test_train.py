@@ -1,0 +1,197 @@
+"""The trainer: configs and overrides, every tiny preset in 2 CPU processes, exact resumption, losses that
+go down, corrupt images skipped, and a result that `unclip generate` loads."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from unclip import UnclipError
+from unclip.cli import main as cli_main
+from unclip.train.config import load_train_config, valid_keys
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (240, 220, 40)}
+SHAPES = ("circle", "square")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def make_dataset(folder: Path, n: int = 25, corrupt: int = 1, size: int = 64) -> Path:
+    """n captioned images of coloured shapes as an imagefolder; the last ``corrupt`` of them unreadable."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = list(COLOURS)
+    lines = []
+    for i in range(n):
+        colour, background = rng.choice(names, 2, replace=False)
+        shape = SHAPES[i % 2]
+        image = Image.new("RGB", (size, size), COLOURS[background])
+        box = [size // 4, size // 4, 3 * size // 4, 3 * size // 4]
+        draw = ImageDraw.Draw(image)
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
+        name = f"{i:03d}.png"
+        if i >= n - corrupt:
+            (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)))
+        else:
+            image.save(folder / name)
+        lines.append(json.dumps({"file_name": name, "text": f"a {colour} {shape} on a {background} background"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "shapes")
+
+
+def read_log(output: Path) -> dict[int, dict]:
+    """Per step, the last line logged for it (a resumed run logs the steps after its checkpoint again)."""
+    lines = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    return {line["step"]: line for line in lines}
+
+
+def launch(args: list[str], processes: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+    if processes > 1:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--cpu"]
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "unclip.train"]
+    else:
+        cmd = [sys.executable, "-m", "unclip.train"]
+    return subprocess.run(cmd + args, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------------ configs
+def test_unknown_key_is_one_line_listing_the_valid_keys():
+    with pytest.raises(UnclipError) as info:
+        load_train_config(None, ["data.path=x", "data.clip=tiny:32", "optim.learning_rate=1"])
+    message = str(info.value)
+    assert "unknown config key 'optim.learning_rate'" in message and "optim.lr" in message and "\n" not in message
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    preset = Path(__file__).parent.parent / "configs" / "train" / "tiny-decoder.yaml"
+    config = load_train_config(
+        preset, ["data.path=d", "optim.lr=3e-5", "max_steps=7", "resume=latest", "ema.enabled=false"]
+    )
+    assert (config.stage, config.max_steps, config.optim.lr, config.resume, config.ema.enabled) == (
+        "decoder", 7, 3e-5, "latest", False,
+    )  # fmt: skip
+    with pytest.raises(UnclipError, match="max_steps: expected int"):
+        load_train_config(preset, ["data.path=d", "max_steps=many"])
+    with pytest.raises(UnclipError, match="stage must be one of"):
+        load_train_config(preset, ["data.path=d", "stage=vae"])
+    with pytest.raises(UnclipError, match="data.path is required"):
+        load_train_config(preset, [])
+    assert {"stage", "data.path", "output_dir", "max_steps", "resume", "init_from"} <= set(valid_keys())
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+    done = launch(["--config", "tiny-decoder", "data.path=nowhere", "foo=1"])
+    assert done.returncode == 2 and done.stderr.startswith("error: unknown config key 'foo'")
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    done = launch(["--config", "tiny-decoder", f"data.path={tmp_path / 'missing'}", f"output_dir={tmp_path / 'o'}"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+# -------------------------------------------------------------------------------------- loss goes down
+def _eval_loss(model_yaml: Path, stage: str, data: Path, config) -> float:
+    """The stage's loss on the 8 training samples with a fixed generator: same t, noise and dropout."""
+    from unclip.pipeline import UnCLIPCascade
+    from unclip.train.data import CaptionedImages, collate
+    from unclip.train.objectives import DATA_RESOLUTION, OBJECTIVES
+    from unclip.train.trainer import build_frozen
+
+    cascade = UnCLIPCascade.from_config(model_yaml)
+    objective = OBJECTIVES[stage](cascade, config).eval()
+    dataset = CaptionedImages(data, DATA_RESOLUTION[stage])
+    frozen = build_frozen(config, cascade, dataset, torch.device("cpu"))
+    batch = collate([dataset[i] for i in range(8)])
+    total = 0.0
+    with torch.no_grad():
+        for seed in range(4):
+            inputs = objective.prepare(batch, frozen, torch.Generator().manual_seed(seed), torch.device("cpu"))
+            total += objective(**inputs).mean().item()
+    return total / 4
+
+
+@pytest.mark.parametrize("stage, steps", [("prior", 60), ("decoder", 20), ("sr256", 25), ("sr1024", 25)])
+def test_overfitting_8_samples_halves_the_loss(tmp_path, stage, steps):
+    from unclip.train.trainer import train
+
+    data = make_dataset(tmp_path / "eight", n=8, corrupt=0)
+    overrides = [f"data.path={data}", f"output_dir={tmp_path / 'run'}", f"max_steps={steps}", "batch_size=8"]
+    overrides += ["ema.enabled=false", "tensorboard=false", "checkpoint_every=1000", "optim.lr=2e-3"]
+    config = load_train_config(Path(__file__).parent.parent / "configs" / "train" / f"tiny-{stage}.yaml", overrides)
+    model_yaml = train(config)
+    before = _eval_loss(tmp_path / "run" / "init" / "model.yaml", stage, data, config)
+    after = _eval_loss(model_yaml, stage, data, config)
+    assert after < before / 2, (before, after)
+
+
+# ------------------------------------------------------------------------ 2 processes, each tiny preset
+@pytest.mark.parametrize("stage, size", [("prior", 64), ("decoder", 64), ("sr256", 256), ("sr1024", 1024)])
+def test_tiny_preset_in_two_cpu_processes_then_generate(tmp_path, data, stage, size):
+    out = tmp_path / "run"
+    args = ["--config", f"tiny-{stage}", f"data.path={data}", f"output_dir={out}", "max_steps=4", "checkpoint_every=2"]
+    done = launch(args, processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = read_log(out)
+    assert sorted(log) == [1, 2, 3, 4] and all(np.isfinite(line["loss"]) for line in log.values())
+    assert log[4]["skipped"] >= 1, "the corrupt image was never counted"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    assert (out / "logs").is_dir()
+
+    done = launch(args[:-2] + ["max_steps=6", "checkpoint_every=2", "resume=latest"], processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout and sorted(read_log(out)) == [1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4", "step-6"]  # total limit 2
+
+    images = tmp_path / "images"
+    argv = ["generate", "a red circle on a blue background", "--model", str(out / "model.yaml"), "--out", str(images)]
+    argv += [
+        "--size",
+        str(size),
+        "--prior-steps",
+        "2",
+        "--decoder-steps",
+        "2",
+        "--sr-steps",
+        "2",
+        "--upscale-steps",
+        "2",
+    ]
+    assert cli_main(argv + ["--quiet"]) == 0
+    (png,) = images.glob("*.png")
+    assert Image.open(png).size == (size, size)
+
+
+# ------------------------------------------------------------------------------------ kill and resume
+def test_kill_9_then_resume_repeats_the_uninterrupted_run(tmp_path, data):
+    base = ["--config", "tiny-decoder", f"data.path={data}", "checkpoint_every=3", "tensorboard=false"]
+    whole = tmp_path / "whole"
+    assert launch(base + [f"output_dir={whole}", "max_steps=12"]).returncode == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "unclip.train", *base, f"output_dir={killed}", "max_steps=200"]
+    process = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "step-3" / "trainer_state.json").is_file() and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model.yaml").exists(), "the run finished before the kill"
+
+    done = launch(base + [f"output_dir={killed}", "max_steps=12", "resume=latest"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed_from = int(done.stdout.split("at step ")[1].split()[0])
+    expected, got = read_log(whole), read_log(killed)
+    assert resumed_from >= 3 and resumed_from < 12
+    for step in range(resumed_from + 1, 13):
+        assert got[step]["loss"] == expected[step]["loss"], step

@@ -1,0 +1,40 @@
+"""Cascades to train from scratch (``init_from`` absent), by name: each writes a randomly initialised
+cascade in the hub layouts (Karlo layout + pixel 256→1024 upsampler) with its ``model.yaml``.
+
+    from unclip.train.architectures import ARCHITECTURES
+    model_yaml = ARCHITECTURES["tiny"](Path("runs/x/init"), seed=0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+# Sampling defaults written into a from-scratch model.yaml: short, for small models.
+SCRATCH_STAGES = {
+    "prior": {"steps": 25, "guidance": 4.0, "scheduler": "default"},
+    "decoder": {"steps": 25, "guidance": 4.0, "scheduler": "default"},
+    "sr256": {"steps": 7, "scheduler": "default", "noise_level": 0},
+    "sr1024": {"steps": 7, "scheduler": "default", "noise_level": 0},
+}
+
+
+def _write_yaml(folder: Path) -> Path:
+    path = folder / "model.yaml"
+    raw = {"unclip": "unclip", "upscaler": "upscaler", **SCRATCH_STAGES}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def tiny(folder: Path, seed: int = 0) -> Path:
+    """The test-sized cascade of ``unclip.replicas`` (CLIP width 32): trains on a CPU in seconds."""
+    from unclip.replicas import tiny_karlo, tiny_pixel_upscaler
+
+    tiny_karlo(folder / "unclip", seed=seed, with_prior=True)
+    tiny_pixel_upscaler(folder / "upscaler", seed=seed)
+    return _write_yaml(folder)
+
+
+ARCHITECTURES: dict[str, Callable[[Path, int], Path]] = {"tiny": tiny}

@@ -1,0 +1,263 @@
+"""What each stage contributes to the one trainer: the modules it trains, its conditioning and its loss.
+
+Each objective is an ``nn.Module`` holding only the trained modules (what accelerate wraps for DDP).
+``prepare`` builds a micro-batch's inputs without gradients (frozen text encoder and CLIP, noise, timesteps,
+condition dropout, degraded low-res inputs), drawing every random number from the generator it is given;
+``forward`` returns one loss per sample.
+
+* ``prior``: x_0-prediction of the normalised CLIP image embedding from the noised one, the text embedding
+  and text tokens; MSE; caption dropped 10% of the time (DALL·E 2 §2.2).
+* ``decoder``: ε-prediction MSE plus λ·L_vlb for the learned variance (Improved DDPM eq. 16); CLIP
+  embedding dropped 10% and caption 50% of the time (DALL·E 2 §2.1).
+* ``sr256`` / ``sr1024``: ε-prediction MSE on random crops of a quarter of the target size, the low-res
+  input degraded (Gaussian blur; for 256→1024 also noise and JPEG compression, DALL·E 2 Appendix C) and
+  noise-augmented at the inference level.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from PIL import Image
+from torch import nn
+
+from unclip.errors import UnclipError
+from unclip.pipeline import UnCLIPCascade, tokenize
+from unclip.train.config import TrainConfig
+from unclip.train.losses import Process
+
+
+@dataclass
+class Frozen:
+    """What the objectives use but never train: the cascade's CLIP text encoder and a CLIP image encoder."""
+
+    cascade: UnCLIPCascade
+    clip: Any = None  # unclip.clip_models.ClipImageEncoder, or None when embeddings are cached / unneeded
+    cache: Any = None  # unclip.train.embeddings.CachedEmbeddings
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids, mask = tokenize(self.cascade.tokenizer, texts)
+        out = self.cascade.text_encoder(ids.to(device))
+        return out.text_embeds.float(), out.last_hidden_state.float(), mask.to(device)
+
+    @torch.no_grad()
+    def image_embeds(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        """z_i: from the ``unclip embed`` cache when there is one, else the CLIP image encoder."""
+        if self.cache is not None:
+            return self.cache.image_embeds[batch["index"].cpu()].to(device).float()
+        if self.clip is None:
+            raise UnclipError("no CLIP image encoder: set data.clip, or run `unclip embed DATA --clip NAME` first")
+        return self.clip(batch["pixel_values"].to(device)).float()
+
+
+def _uniform(generator: torch.Generator, n: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    return torch.rand(n, generator=generator) * (high - low) + low
+
+
+def _timesteps(generator: torch.Generator, n: int, high: int) -> torch.Tensor:
+    return torch.randint(0, high, (n,), generator=generator)
+
+
+def _noise(generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator, dtype=torch.float32).to(like.device)
+
+
+def _weights(process: Process, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    return process.min_snr_weight(t, gamma) if gamma > 0 else torch.ones(t.shape)
+
+
+def _drop_text(texts: list[str], drop: torch.Tensor) -> list[str]:
+    return ["" if d else text for text, d in zip(texts, drop.tolist(), strict=True)]
+
+
+class PriorObjective(nn.Module):
+    stage = "prior"
+
+    def __init__(self, cascade: UnCLIPCascade, config: TrainConfig):
+        super().__init__()
+        if cascade.prior is None:
+            raise UnclipError(
+                "stage prior: the model has no prior (an image-variations layout); pick another init_from"
+            )
+        self.prior = cascade.prior
+        self.prior.clip_mean.requires_grad_(False)  # CLIP statistics, not weights
+        self.prior.clip_std.requires_grad_(False)
+        self.process = Process.of(cascade.prior_scheduler)
+        self.options, self.gamma = config.prior, config.min_snr_gamma
+
+    def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
+        z_i = frozen.image_embeds(batch, device)
+        n = z_i.shape[0]
+        texts = _drop_text(batch["text"], _uniform(g, n) < self.options.text_drop)
+        embeds, hidden, mask = frozen.encode_text(texts, device)
+        x0 = (z_i - self.prior.clip_mean.to(device)) / self.prior.clip_std.to(device)  # normalised z_i
+        t = _timesteps(g, n, self.process.num_timesteps)
+        noise = _noise(g, x0)
+        return dict(
+            x_t=self.process.q_sample(x0, t.to(device), noise), t=t.to(device), embeds=embeds, hidden=hidden,
+            mask=mask, target=self.process.target(x0, t.to(device), noise),
+            weight=_weights(self.process, t, self.gamma).to(device),
+        )  # fmt: skip
+
+    def forward(self, x_t, t, embeds, hidden, mask, target, weight) -> torch.Tensor:
+        pred = self.prior(
+            x_t, timestep=t, proj_embedding=embeds, encoder_hidden_states=hidden, attention_mask=mask
+        ).predicted_image_embedding
+        return weight * ((pred.float() - target) ** 2).mean(1)
+
+
+class DecoderObjective(nn.Module):
+    stage = "decoder"
+
+    def __init__(self, cascade: UnCLIPCascade, config: TrainConfig):
+        super().__init__()
+        self.decoder, self.text_proj = cascade.decoder, cascade.text_proj
+        self.process = Process.of(cascade.decoder_scheduler)
+        self.options, self.gamma = config.decoder, config.min_snr_gamma
+        channels = self.decoder.config.in_channels
+        learned = self.options.learned_variance
+        self.learned_variance = self.decoder.config.out_channels == 2 * channels if learned is None else learned
+        if self.learned_variance and self.decoder.config.out_channels != 2 * channels:
+            raise UnclipError(f"decoder.learned_variance needs a decoder with {2 * channels} output channels")
+        self.size = self.decoder.config.sample_size
+
+    def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
+        z_i = frozen.image_embeds(batch, device)
+        n = z_i.shape[0]
+        drop_image = _uniform(g, n) < self.options.image_embed_drop
+        texts = _drop_text(batch["text"], _uniform(g, n) < self.options.caption_drop)
+        embeds, hidden, mask = frozen.encode_text(texts, device)
+        x0 = batch["pixel_values"].to(device).float()
+        if x0.shape[-1] != self.size:
+            x0 = F.interpolate(x0, size=(self.size, self.size), mode="bicubic", antialias=True).clamp(-1, 1)
+        t = _timesteps(g, n, self.process.num_timesteps)
+        noise = _noise(g, x0)
+        td = t.to(device)
+        return dict(
+            x0=x0, x_t=self.process.q_sample(x0, td, noise), t=td, noise=noise, z_i=z_i,
+            drop_image=drop_image.to(device), embeds=embeds, hidden=hidden, mask=mask,
+            weight=_weights(self.process, t, self.gamma).to(device),
+        )  # fmt: skip
+
+    def forward(self, x0, x_t, t, noise, z_i, drop_image, embeds, hidden, mask, weight) -> torch.Tensor:
+        null = self.text_proj.learned_classifier_free_guidance_embeddings.to(z_i.dtype)
+        z_i = torch.where(drop_image[:, None], null.expand_as(z_i), z_i)
+        context, time_embeds = self.text_proj(
+            image_embeddings=z_i, prompt_embeds=embeds, text_encoder_hidden_states=hidden,
+            do_classifier_free_guidance=False,
+        )  # fmt: skip
+        mask = F.pad(mask, (self.text_proj.config.clip_extra_context_tokens, 0), value=True)
+        out = self.decoder(x_t, t, encoder_hidden_states=context, class_labels=time_embeds, attention_mask=mask)
+        out = out.sample.float()
+        channels = x_t.shape[1]
+        eps = out[:, :channels]
+        loss = weight * ((eps - noise) ** 2).flatten(1).mean(1)  # L_simple (DDPM eq. 14)
+        if self.learned_variance:  # + λ L_vlb through the variance only (Improved DDPM eq. 16)
+            vlb = self.process.vlb_term(x0, x_t, t, eps.detach(), out[:, channels:])
+            loss = loss + self.options.vlb_weight * self.process.num_timesteps * vlb
+        return loss
+
+
+def _jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG-compress one (3, H, W) image in [−1, 1] at ``quality`` and decode it again."""
+    array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=int(quality))
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(decoded).permute(2, 0, 1).to(image.device) / 127.5 - 1
+
+
+def _blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur with a per-image σ (in pixels of ``images``)."""
+    out = []
+    for image, sigma in zip(images, sigmas.tolist(), strict=True):
+        radius = max(1, int(3 * sigma + 0.5))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+        kernel = torch.exp(-(x**2) / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        padded = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
+        padded = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+        out.append(F.conv2d(padded, kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3))
+    return torch.cat(out)
+
+
+class SuperResObjective(nn.Module):
+    """64→256 (Karlo's ``super_res_first``/``super_res_last``) or 256→1024 (the pixel upsampler)."""
+
+    def __init__(self, cascade: UnCLIPCascade, config: TrainConfig, stage: str):
+        super().__init__()
+        self.stage = stage
+        self.options, self.gamma = config.sr, config.min_snr_gamma
+        settings = cascade.model_config.stages[stage]
+        if stage == "sr256":
+            self.unet = cascade.super_res_last if self.options.train == "last" else cascade.super_res_first
+            self.process = Process.of(cascade.super_res_scheduler)
+            # Karlo's last model runs only the final sampling step: train it on the lowest timesteps
+            self.t_max = self.process.num_timesteps // settings.steps if self.options.train == "last" else None
+        else:
+            if cascade.upscaler_layout != "pixel":
+                raise UnclipError(
+                    "stage sr1024 trains a pixel-space upsampler; this model's upscaler is "
+                    f"{cascade.upscaler_layout or 'missing'}: leave init_from out to train one from scratch"
+                )
+            self.unet = cascade.upscaler_unet
+            self.process = Process.of(cascade.upscaler_scheduler)
+            self.t_max = None
+        self.noise_level = settings.noise_level if self.options.noise_level < 0 else self.options.noise_level
+        self.augment = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")  # as at inference
+        self.size = self.unet.config.sample_size
+
+    def degrade(self, low: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """The paper's low-res corruption: blur for 64→256; blur, noise and JPEG for 256→1024."""
+        n = low.shape[0]
+        low = _blur(low, _uniform(g, n, *self.options.blur_sigma))
+        if self.stage == "sr1024":
+            low = low + _uniform(g, n, 0.0, 0.04).view(-1, 1, 1, 1).to(low.device) * _noise(g, low)
+            qualities = torch.randint(30, 96, (n,), generator=g).tolist()
+            low = torch.stack([_jpeg(image, q) for image, q in zip(low, qualities, strict=True)])
+        return low.clamp(-1, 1)
+
+    def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
+        images = batch["pixel_values"].to(device).float()
+        if images.shape[-1] != self.size:
+            images = F.interpolate(images, size=(self.size, self.size), mode="bicubic", antialias=True).clamp(-1, 1)
+        n = images.shape[0]
+        crop = max(16, int(self.size * self.options.crop_fraction) // 4 * 4)
+        tops = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
+        lefts = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
+        x0 = torch.stack([im[:, y : y + crop, x : x + crop] for im, y, x in zip(images, tops, lefts, strict=True)])
+        low = F.interpolate(x0, size=(crop // 4, crop // 4), mode="bicubic", antialias=True).clamp(-1, 1)
+        low = self.degrade(low, g)
+        low = F.interpolate(low, size=(crop, crop), mode="bicubic", antialias=True)
+        if self.noise_level > 0:
+            level = torch.full((n,), self.noise_level, dtype=torch.long)
+            low = self.augment.add_noise(low, _noise(g, low), level.to(device))
+        t = _timesteps(g, n, self.t_max or self.process.num_timesteps)
+        noise = _noise(g, x0)
+        td = t.to(device)
+        return dict(
+            x_t=self.process.q_sample(x0, td, noise), t=td, low_res=low, target=self.process.target(x0, td, noise),
+            weight=_weights(self.process, t, self.gamma).to(device),
+        )  # fmt: skip
+
+    def forward(self, x_t, t, low_res, target, weight) -> torch.Tensor:
+        out = self.unet(torch.cat([x_t, low_res], dim=1), t).sample.float()
+        return weight * ((out[:, : target.shape[1]] - target) ** 2).flatten(1).mean(1)
+
+
+OBJECTIVES = {
+    "prior": PriorObjective,
+    "decoder": DecoderObjective,
+    "sr256": lambda cascade, config: SuperResObjective(cascade, config, "sr256"),
+    "sr1024": lambda cascade, config: SuperResObjective(cascade, config, "sr1024"),
+}
+
+# The image size each stage's data loader gives (before the stage's own resizing and cropping).
+DATA_RESOLUTION = {"prior": 224, "decoder": 224, "sr256": 256, "sr1024": 1024}
