@@ -51,7 +51,10 @@ def test_never_overwrites_and_images_remake_alone(tmp_path, user_yaml):
     assert [f.name for f in files] == ["00000-0.png", "00001-1.png", "00002-1.png"]
     assert all((out / name).read_bytes() == data for name, data in first.items())
     batched, alone = (np.asarray(Image.open(out / name), dtype=int) for name in ("00001-1.png", "00002-1.png"))
-    assert np.abs(batched - alone).max() <= 1  # equal up to float rounding (see test_batch_equals_single)
+    # Equal up to float rounding (see test_batch_equals_single), which random tiny weights can amplify to a
+    # few grey levels in a few pixels; another seed's image would differ everywhere, by ~100 levels.
+    difference = np.abs(batched - alone)
+    assert difference.max() <= 4 and difference.mean() < 0.1 and (difference > 0).mean() < 0.05
     assert np.abs(batched - np.asarray(Image.open(out / "00000-0.png"), dtype=int)).mean() > 5
     assert len((out / "metadata.jsonl").read_text().splitlines()) == 3
 

@@ -4,21 +4,29 @@ import json
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from conftest import write_model_yaml
 from PIL import Image
 
 from unclip import UnCLIPCascade, UnclipError
 from unclip.cli import main
+from unclip.config import StageSettings
+from unclip.loading import detect_upscaler_layout
 from unclip.replicas import tiny_pixel_upscaler
 
 FAST = dict(prior_num_inference_steps=2, decoder_num_inference_steps=2, super_res_num_inference_steps=2)
 
 
 @pytest.fixture(scope="module")
-def pixel_yaml(tmp_path_factory, karlo_dir):
-    root = tmp_path_factory.mktemp("pixel")
-    upscaler = tiny_pixel_upscaler(root / "pixel-upscaler")
-    return write_model_yaml(root / "karlo-pixel.yaml", karlo_dir, upscaler, sr1024={"steps": 2})
+def pixel_dir(tmp_path_factory):
+    return tiny_pixel_upscaler(tmp_path_factory.mktemp("pixel") / "pixel-upscaler")
+
+
+@pytest.fixture(scope="module")
+def pixel_yaml(pixel_dir, karlo_dir):
+    # sr1024's noise_level stays at the default 20: the augmentation path runs in every 1024 px test
+    return write_model_yaml(pixel_dir.parent / "karlo-pixel.yaml", karlo_dir, pixel_dir, sr1024={"steps": 2})
 
 
 @pytest.fixture(scope="module")
@@ -28,35 +36,111 @@ def pixel_cascade(pixel_yaml):
     return pipe
 
 
-def test_layout_is_detected(pixel_cascade):
+@pytest.fixture(scope="module")
+def made(pixel_cascade):
+    """The 1024 px images several tests compare with: two in a batch (seeds 5, 6) and seed 6 alone."""
+    kwargs = dict(size=1024, output_type="np", **FAST)
+    batch = pixel_cascade("a red cube", num_images_per_prompt=2, seed=5, **kwargs)
+    alone = pixel_cascade("a red cube", seed=6, **kwargs)
+    return batch, alone
+
+
+def _like(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to float rounding amplified at t = 999 (see tests/test_cascade.py::test_batch_equals_single)."""
+    difference = np.abs(a - b)
+    return difference.mean() < 1e-5 and (difference > 1 / 255).mean() < 1e-3
+
+
+def test_layout_is_detected(pixel_cascade, pixel_dir, x4_dir):
+    assert detect_upscaler_layout(str(pixel_dir)) == "pixel" and detect_upscaler_layout(str(x4_dir)) == "x4"
     assert pixel_cascade.upscaler_layout == "pixel" and pixel_cascade.max_size == 1024
+    assert type(pixel_cascade.upscaler_unet).__name__ == "UNet2DModel"
     assert pixel_cascade.upscaler_vae is None and pixel_cascade.upscaler_text_encoder is None
+    assert pixel_cascade.upscaler_tokenizer is None and pixel_cascade.upscaler_low_res_scheduler is None
 
 
-def test_generates_1024_and_batch_equals_single(pixel_cascade):
-    batch = pixel_cascade("a red cube", num_images_per_prompt=2, seed=5, size=1024, output_type="np", **FAST).images
-    alone = pixel_cascade("a red cube", seed=6, size=1024, output_type="np", **FAST).images
-    assert batch.shape == (2, 1024, 1024, 3) and np.isfinite(batch).all() and batch.std() > 0.01
-    difference = np.abs(batch[1] - alone[0])  # equal up to float rounding (see test_cascade)
-    assert difference.mean() < 1e-5 and (difference > 1 / 255).mean() < 1e-3
-    assert np.abs(batch[0] - batch[1]).mean() > 0.05
+def test_generates_1024(made):
+    batch, _ = made
+    images = batch.images
+    assert images.shape == (2, 1024, 1024, 3) and np.isfinite(images).all() and images.std() > 0.01
+    assert set(batch.metadata[0]["stages"]) == {"prior", "decoder", "sr256", "sr1024"}
+    assert batch.metadata[0]["size"] == 1024 and batch.metadata[0]["stages"]["sr1024"]["steps"] == 2
+
+
+def test_batch_equals_single(made):
+    """Image k of a batch is the image made alone with seed + k (the pixel upsampler also starts at t = 999,
+    where batched-vs-single rounding is amplified: a few pixels may differ by a grey level)."""
+    batch, alone = made
+    assert _like(batch.images[1], alone.images[0])
+    assert np.abs(batch.images[0] - batch.images[1]).mean() > 0.05, "two seeds gave the same image"
+
+
+def test_input_is_x_t_and_the_upsampled_image_without_guidance(pixel_cascade):
+    """The UNet sees [x_t, bicubic(clamp(image))] at 1024, one row per image whatever the guidance scale;
+    with noise_level > 0 the low-res half is noise-augmented."""
+    image = torch.linspace(-1.5, 1.5, 3 * 256 * 256).reshape(1, 3, 256, 256)  # partly outside [-1, 1]
+    inputs = []
+    hook = pixel_cascade.upscaler_unet.register_forward_pre_hook(
+        lambda module, args, kwargs: inputs.append(kwargs["sample"]), with_kwargs=True
+    )
+    try:
+        for level in (0, 20):
+            settings = StageSettings(steps=1, guidance=9.0, scheduler="ddim", noise_level=level)  # 1 step
+            out = pixel_cascade.run_sr1024(image, ["a cat"], [""], settings, [torch.Generator().manual_seed(0)])
+            assert out.shape == (1, 3, 1024, 1024)
+    finally:
+        hook.remove()
+    expected = F.interpolate(image.clamp(-1, 1), size=[1024, 1024], mode="bicubic", antialias=True)
+    clean, augmented = inputs
+    assert clean.shape == augmented.shape == (1, 6, 1024, 1024)
+    assert torch.allclose(clean[:, 3:], expected, atol=1e-6)
+    noise = (augmented[:, 3:] - expected).std().item()
+    assert 0.005 < noise < 0.1  # √(1 − ᾱ_20) ≈ 0.03 on the cosine schedule
 
 
 def test_256_stops_before_the_upscaler(pixel_cascade, cascade):
-    ours = pixel_cascade("a cat", seed=1, size=256, output_type="np", **FAST).images
+    calls = []
+    hook = pixel_cascade.upscaler_unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        ours = pixel_cascade("a cat", seed=1, size=256, output_type="np", **FAST).images
+    finally:
+        hook.remove()
     karlo = cascade("a cat", seed=1, size=256, output_type="np", **FAST).images
-    assert np.array_equal(ours, karlo)
+    assert np.array_equal(ours, karlo) and not calls
 
 
-def test_save_load_round_trip(tmp_path, pixel_cascade):
+def test_settings_are_checked_against_the_pixel_upscaler(pixel_cascade):
+    stages = ("prior", "decoder", "sr256", "sr1024")
+    assert pixel_cascade.stage_settings({"sr1024": {"noise_level": 400}}, stages)["sr1024"].noise_level == 400
+    with pytest.raises(UnclipError, match="sr1024 noise_level must be ≤ 999"):
+        pixel_cascade.stage_settings({"sr1024": {"noise_level": 1000}}, stages)
+    with pytest.raises(UnclipError, match="sr1024: .*nope"):
+        pixel_cascade.stage_settings({"sr1024": {"scheduler": "nope"}}, stages)
+
+
+def test_save_load_round_trip(tmp_path, pixel_cascade, made):
     pixel_cascade.save_pretrained(tmp_path / "saved")
     index = json.loads((tmp_path / "saved" / "upscaler" / "model_index.json").read_text())
-    assert index["unet"] == ["diffusers", "UNet2DModel"] and "vae" not in index
+    assert index == {
+        "_class_name": "PixelUpscalerPipeline",
+        "unet": ["diffusers", "UNet2DModel"],
+        "scheduler": ["diffusers", "UnCLIPScheduler"],
+        "_unclip_layout": "pixel",
+    }
     again = UnCLIPCascade.from_config(tmp_path / "saved" / "model.yaml")
     again.set_progress_bar_config(disable=True)
-    a = pixel_cascade("a dog", seed=2, size=1024, output_type="np", **FAST).images
-    b = again("a dog", seed=2, size=1024, output_type="np", **FAST).images
-    assert np.array_equal(a, b)
+    assert again.upscaler_layout == "pixel"
+    image = again("a red cube", seed=6, size=1024, output_type="np", **FAST).images
+    assert np.array_equal(image, made[1].images)
+
+
+def test_model_cpu_offload_skips_the_missing_x4_components(pixel_yaml, made):
+    pipe = UnCLIPCascade.from_config(pixel_yaml)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_model_cpu_offload(device="cpu")  # the same hooks as on a GPU, without one
+    assert hasattr(pipe.upscaler_unet, "_hf_hook") and len(pipe._all_hooks) == 7  # 6 Karlo models + the UNet
+    image = pipe("a red cube", seed=6, size=1024, output_type="np", **FAST).images
+    assert _like(image[0], made[1].images[0])
 
 
 def test_cli_writes_a_1024_png(tmp_path, pixel_yaml):
@@ -64,11 +148,13 @@ def test_cli_writes_a_1024_png(tmp_path, pixel_yaml):
     assert main(argv + ["--prior-steps", "2", "--decoder-steps", "2", "--sr-steps", "2", "--upscale-steps", "2"]) == 0
     (png,) = tmp_path.glob("*.png")
     assert Image.open(png).size == (1024, 1024)
+    assert np.asarray(Image.open(png)).std() > 2  # not a flat picture
 
 
 def test_a_folder_of_neither_layout_is_refused(tmp_path, karlo_dir):
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "model_index.json").write_text('{"_class_name": "Something", "text_encoder": ["x", "y"]}')
     yaml_file = write_model_yaml(tmp_path / "odd.yaml", karlo_dir, tmp_path / "odd")
-    with pytest.raises(UnclipError, match="no known layout"):
+    with pytest.raises(UnclipError, match="odd is no known layout") as error:
         UnCLIPCascade.from_config(yaml_file)
+    assert "\n" not in str(error.value) and "x4" in str(error.value) and "pixel" in str(error.value)

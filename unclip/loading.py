@@ -1,14 +1,17 @@
 """Loading the pretrained repos in their hub layouts, from a local folder or the Hugging Face Hub.
 
-Two layouts are known, each as the hub has it and as diffusers' ``save_pretrained`` writes it:
+Three layouts are known, the first two as the hub has them and as diffusers' ``save_pretrained`` writes them:
 
 * ``karlo``: kakaobrain/karlo-v1-alpha (UnCLIPPipeline). Its model_index.json says
   ``"text_proj": ["unclip", "UnCLIPTextProjModel"]``, which current diffusers refuses to load; diffusers'
   ``save_pretrained`` writes ``["diffusers", ...]``. Both load here, into unclip's own text projection.
   Without ``prior`` it is the karlo-v1-alpha-image-variations layout.
 * ``x4``: stabilityai/stable-diffusion-x4-upscaler (StableDiffusionUpscalePipeline).
-* ``pixel``: a pixel-space 256→1024 upsampler (``unet``: a UNet2DModel taking the noisy image and the
-  upsampled low-res image, ``scheduler``), the layout unclip's trainer writes for stage sr1024.
+* ``pixel``: a pixel-space 256→1024 upsampler (DALL·E 2's: a UNet without attention), the layout unclip's
+  trainer writes for stage sr1024 and ``UnCLIPCascade.save_pretrained`` writes back: ``unet`` (a UNet2DModel
+  taking the noisy image and the upsampled low-res image as channels) and ``scheduler``; its model_index.json
+  is ``{"_class_name": "PixelUpscalerPipeline", "_unclip_layout": "pixel", "unet": ["diffusers",
+  "UNet2DModel"], "scheduler": ["diffusers", "<a scheduler class>"]}``.
 
 A model config's ``upscaler`` may be ``x4`` or ``pixel``: ``detect_upscaler_layout`` tells them apart.
 
@@ -83,7 +86,6 @@ LAYOUTS: dict[str, dict[str, Role]] = {
         "scheduler": Role(tuple(SCHEDULER_CLASSES.values())),
     },
 }
-UPSCALER_LAYOUTS = ("x4", "pixel")
 
 
 def _is_hub_id(value: str) -> bool:
@@ -143,7 +145,7 @@ def fetch(location: str) -> Path:
 
 
 def detect_upscaler_layout(location: str) -> str:
-    """``x4`` (a latent upscaler with its VAE) or ``pixel`` (a pixel-space UNet), from model_index.json."""
+    """``x4`` (a latent upscaler: model_index.json lists a ``vae``) or ``pixel`` (a ``unet`` and no ``vae``)."""
     folder = fetch(location)
     index_file = folder / "model_index.json"
     index = json.loads(index_file.read_text()) if index_file.is_file() else {}
@@ -152,8 +154,8 @@ def detect_upscaler_layout(location: str) -> str:
     if "unet" in index:
         return "pixel"
     raise UnclipError(
-        f"upscaler {location} is no known layout: expected stable-diffusion-x4-upscaler's (unet, vae, ...) "
-        "or a pixel upsampler's (unet, scheduler) model_index.json"
+        f"upscaler {folder} is no known layout: expected a model_index.json listing stable-diffusion-x4-upscaler's "
+        "components (unet, vae, text_encoder, ...) or a pixel upsampler's (unet, scheduler)"
     )
 
 

@@ -6,7 +6,8 @@
     out.images[0].save("corgi.png"); out.metadata[0]["seed"]
 
 Stage names used throughout: ``prior``, ``decoder``, ``sr256`` (Karlo's 64→256 pair) and ``sr1024`` (the
-Stable Diffusion x4 latent upscaler). Every stage runs through the one loop of ``unclip.sampling``.
+model config's ``upscaler``: the Stable Diffusion x4 latent upscaler, or a pixel-space upsampler as unclip's
+trainer writes it). Every stage runs through the one loop of ``unclip.sampling``.
 """
 
 from __future__ import annotations
@@ -31,13 +32,22 @@ from unclip.guidance import guided, uses_guidance
 from unclip.loading import LAYOUTS, detect_upscaler_layout, load_layout
 from unclip.sampling import initial_noise, sample
 from unclip.schedulers import make_scheduler
-from unclip.stages import DecoderDenoiser, LatentUpscalerDenoiser, PriorDenoiser, SuperResDenoiser
+from unclip.stages import (
+    DecoderDenoiser,
+    LatentUpscalerDenoiser,
+    PixelUpsamplerDenoiser,
+    PriorDenoiser,
+    SuperResDenoiser,
+)
 
 logger = logging.getLogger("unclip")
 
 SIZES = (64, 256, 1024)
 OUTPUT_TYPES = ("pil", "np", "pt")
 UPSCALER_PREFIX = "upscaler_"
+# Noise augmentation of the pixel upsamplers' low-res input (sr256, pixel sr1024): levels are timesteps of
+# this schedule, the one unclip's trainer augments with.
+AUGMENTATION_TIMESTEPS = 1000
 
 
 @dataclass
@@ -78,8 +88,11 @@ def tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class UnCLIPCascade(DiffusionPipeline):
-    """The DALL·E 2-style cascade on Karlo's components, optionally followed by the x4 upscaler."""
+    """The DALL·E 2-style cascade on Karlo's components, optionally followed by a 256→1024 upscaler: the x4
+    latent upscaler (``upscaler_`` + unet, vae, text_encoder, tokenizer, scheduler, low_res_scheduler) or a
+    pixel upsampler (``upscaler_unet``, ``upscaler_scheduler``; the x4-only components are None)."""
 
+    # diffusers' enable_model_cpu_offload skips the names whose component is None (no prior, pixel upscaler)
     model_cpu_offload_seq = (
         "text_encoder->prior->text_proj->decoder->super_res_first->super_res_last"
         "->upscaler_text_encoder->upscaler_unet->upscaler_vae"
@@ -145,7 +158,6 @@ class UnCLIPCascade(DiffusionPipeline):
         if config.upscaler:
             layout = detect_upscaler_layout(config.upscaler)
             upscaler = load_layout(config.upscaler, layout, dtype)
-            upscaler.pop("_unclip_layout", None)
             components["max_noise_level"] = upscaler.pop("max_noise_level", 350)
             if layout == "x4" and dtype == torch.float16:
                 upscaler["vae"].to(torch.float32)
@@ -153,7 +165,8 @@ class UnCLIPCascade(DiffusionPipeline):
         return cls(**components, model_config=config)
 
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> Path:
-        """Write ``unclip/`` (Karlo layout), ``upscaler/`` (x4 layout) and ``model.yaml`` that loads them."""
+        """Write ``unclip/`` (Karlo layout), ``upscaler/`` (x4 or pixel layout, as loaded) and ``model.yaml``
+        that loads them."""
         root = Path(save_directory)
         layouts = {"unclip": ("karlo", "UnCLIPPipeline", "")}
         if self.upscaler_layout == "x4":
@@ -208,6 +221,8 @@ class UnCLIPCascade(DiffusionPipeline):
         """The model config's settings per stage with ``{stage: {field: value}}`` overrides (None = keep).
 
         Only ``stages`` (those that will run) are checked: a 256 px preview ignores the x4 stage's settings.
+        A pixel upscaler has no text: its ``sr1024`` guidance is ignored (kept as given in the metadata), and
+        its scheduler names are checked against its own scheduler.
         """
         settings = {}
         for stage in STAGES:
@@ -220,11 +235,17 @@ class UnCLIPCascade(DiffusionPipeline):
                 make_scheduler(settings[stage].scheduler, self._reference_scheduler(stage))
             except UnclipError as error:
                 raise UnclipError(f"{stage}: {error}") from None
-        if "sr1024" in stages and settings["sr1024"].noise_level > self.max_noise_level:
-            raise UnclipError(
-                f"sr1024 noise_level must be ≤ {self.max_noise_level}, got {settings['sr1024'].noise_level}"
-            )
+        for stage in ("sr256", "sr1024"):
+            limit = self._max_noise_level(stage)
+            if stage in stages and settings[stage].noise_level > limit:
+                raise UnclipError(f"{stage} noise_level must be ≤ {limit}, got {settings[stage].noise_level}")
         return settings
+
+    def _max_noise_level(self, stage: str) -> int:
+        """The x4 upscaler's own limit (its model_index.json); a pixel upsampler's augmentation schedule's last step."""
+        if stage == "sr1024" and self.upscaler_layout == "x4":
+            return self.max_noise_level
+        return AUGMENTATION_TIMESTEPS - 1
 
     def _reference_scheduler(self, stage: str):
         names = {"prior": "prior_scheduler", "decoder": "decoder_scheduler", "sr256": "super_res_scheduler"}
@@ -280,23 +301,12 @@ class UnCLIPCascade(DiffusionPipeline):
         return x.clamp(-1, 1)
 
     def run_sr256(self, image: torch.Tensor, s: StageSettings, generators) -> torch.Tensor:
-        """64→256 (DALL·E 2 §2.1, upsamplers): Karlo's ``super_res_first``, then ``super_res_last``."""
-        return self._upsample(
-            image, self.super_res_first, self.super_res_last, self.super_res_scheduler, s, generators, "sr256"
-        )
-
-    def _upsample(self, image, first, last, reference_scheduler, s: StageSettings, generators, stage: str):
-        """A pixel upsampler: the bicubic-upsampled low-res image as extra input channels of x_t."""
-        size = first.config.sample_size
-        channels = first.config.in_channels // 2
-        x_T = initial_noise((image.shape[0], channels, size, size), generators, image.device, image.dtype)
-        low_res = F.interpolate(image, size=[size, size], mode="bicubic", align_corners=False, antialias=True)
-        if s.noise_level > 0:  # Gaussian noise augmentation on the stage's own schedule; the reference uses none
-            schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-            low_res = _augment(low_res, s.noise_level, schedule, generators)
-        scheduler = make_scheduler(s.scheduler, reference_scheduler)
-        denoiser = SuperResDenoiser(first, last, low_res, s.steps)
-        return sample(denoiser, scheduler, x_T, s.steps, generators, desc=stage, progress=self._progress)
+        """64→256 (DALL·E 2 §2.1, upsamplers): bicubic-upsampled low-res image as extra input channels;
+        Karlo's ``super_res_first`` runs every step but the last, ``super_res_last`` the last."""
+        x_T, low_res = _pixel_upsampler_inputs(image, self.super_res_first, s, generators)
+        scheduler = make_scheduler(s.scheduler, self.super_res_scheduler)
+        denoiser = SuperResDenoiser(self.super_res_first, self.super_res_last, low_res, s.steps)
+        return sample(denoiser, scheduler, x_T, s.steps, generators, desc="sr256", progress=self._progress)
 
     def run_sr1024(
         self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators
@@ -307,10 +317,12 @@ class UnCLIPCascade(DiffusionPipeline):
         return self.run_x4_sr1024(image, prompts, negatives, s, generators)
 
     def run_pixel_sr1024(self, image: torch.Tensor, s: StageSettings, generators) -> torch.Tensor:
-        """256→1024 in pixel space (DALL·E 2 Appendix C): the bicubic-upsampled 256 px image as extra input
-        channels of an attention-free UNet; no text, so no guidance."""
-        unet = self.upscaler_unet
-        return self._upsample(image.clamp(-1, 1), unet, unet, self.upscaler_scheduler, s, generators, "sr1024")
+        """256→1024 in pixel space (DALL·E 2 §2.1 and Appendix C): the bicubic-upsampled 256 px image as extra
+        input channels of one UNet without attention; no text, so no guidance (``s.guidance`` is ignored)."""
+        x_T, low_res = _pixel_upsampler_inputs(image.clamp(-1, 1), self.upscaler_unet, s, generators)
+        scheduler = make_scheduler(s.scheduler, self.upscaler_scheduler)
+        denoiser = PixelUpsamplerDenoiser(self.upscaler_unet, low_res)
+        return sample(denoiser, scheduler, x_T, s.steps, generators, desc="sr1024", progress=self._progress)
 
     def run_x4_sr1024(
         self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators
@@ -462,6 +474,21 @@ def check_attention(backend: str, device: torch.device) -> None:
         raise UnclipError("--attention xformers: xformers is not installed; pip install 'unclip[xformers]' or use sdpa")
     if torch.device(device).type != "cuda":
         raise UnclipError("--attention xformers needs a CUDA device; use sdpa on CPU")
+
+
+def _pixel_upsampler_inputs(
+    image: torch.Tensor, unet, s: StageSettings, generators
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_T at the UNet's sample size, and the low-res conditioning: ``image`` bicubic-upsampled (antialiased)
+    to that size, Gaussian-noise-augmented at ``s.noise_level`` when > 0 (the reference sr256 uses none)."""
+    size = unet.config.sample_size
+    channels = unet.config.in_channels - image.shape[1]  # x_t and the low-res image are concatenated
+    x_T = initial_noise((image.shape[0], channels, size, size), generators, image.device, image.dtype)
+    low_res = F.interpolate(image, size=[size, size], mode="bicubic", align_corners=False, antialias=True)
+    if s.noise_level > 0:
+        schedule = DDPMScheduler(num_train_timesteps=AUGMENTATION_TIMESTEPS, beta_schedule="squaredcos_cap_v2")
+        low_res = _augment(low_res, s.noise_level, schedule, generators)
+    return x_T, low_res
 
 
 def _augment(image: torch.Tensor, level, scheduler, generators) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The denoisers of the four stages: each binds a model to its conditioning and maps (x_t, t, i) to the
-model output its scheduler expects. The loop that runs them is ``unclip.sampling.sample``.
+model output its scheduler expects. The loop that runs them is ``unclip.sampling.sample``. Stage sr1024
+has two: the x4 latent upscaler's and a pixel-space upsampler's.
 
 Conditioning tensors are given with ``[unconditional; conditional]`` rows when the stage is guided
 (see ``unclip.guidance``), with conditional rows only when it is not.
@@ -54,9 +55,8 @@ class DecoderDenoiser:
 
 @dataclass
 class SuperResDenoiser:
-    """A pixel upsampler (Karlo's 64→256, or a 256→1024 one): the low-res image upsampled and concatenated
-    to x_t. ``first`` runs every step but the last, ``last`` the final step (Karlo trains the two
-    separately; a single model is both)."""
+    """Karlo's 64→256 upsampler: the low-res image upsampled and concatenated to x_t. ``first`` runs
+    every step but the last, ``last`` the final step (Karlo trains the two separately)."""
 
     first: UNet2DModel
     last: UNet2DModel
@@ -66,6 +66,19 @@ class SuperResDenoiser:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         unet = self.last if i == self.num_steps - 1 else self.first
         return unet(sample=torch.cat([x, self.low_res], dim=1), timestep=t).sample
+
+
+@dataclass
+class PixelUpsamplerDenoiser:
+    """A pixel-space 256→1024 upsampler (DALL·E 2 §2.1, Appendix C: a UNet without attention): the
+    low-res image upsampled to 1024 and concatenated to x_t. No text, so no guidance. Predicts what its
+    scheduler's ``prediction_type`` says (ε for Karlo's scheduler, which the trainer's replica uses)."""
+
+    unet: UNet2DModel
+    low_res: torch.Tensor
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        return self.unet(sample=torch.cat([x, self.low_res], dim=1), timestep=t).sample
 
 
 @dataclass
