@@ -82,6 +82,7 @@ def _error(capsys, argv) -> str:
     [
         (["--size", "512"], "invalid choice"),
         (["--prior-steps", "0"], "must be ≥ 1"),
+        (["--decoder-steps", "1"], "decoder: the UnCLIP scheduler needs steps ≥ 2"),
         (["--decoder-guidance", "-2"], "guidance must be ≥ 0"),
         (["--scheduler", "euler-magic"], "unknown scheduler 'euler-magic'"),
         (["--scheduler", "vae=ddim"], "unknown stage 'vae'"),

@@ -59,7 +59,9 @@ def read_log(output: Path) -> dict[int, dict]:
 
 def launch(args: list[str], processes: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
     if processes > 1:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--cpu"]
+        # --multi_gpu is accelerate's torchrun launcher; without a GPU the trainer runs its processes on CPU
+        # (gloo). `--cpu --num_processes N` would start a single process (accelerate needs mpirun for more).
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
         cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "unclip.train"]
     else:
         cmd = [sys.executable, "-m", "unclip.train"]
@@ -141,6 +143,7 @@ def test_tiny_preset_in_two_cpu_processes_then_generate(tmp_path, data, stage, s
     args = ["--config", f"tiny-{stage}", f"data.path={data}", f"output_dir={out}", "max_steps=4", "checkpoint_every=2"]
     done = launch(args, processes=2)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"training {stage}: 2 process(es) on cpu" in done.stdout
     log = read_log(out)
     assert sorted(log) == [1, 2, 3, 4] and all(np.isfinite(line["loss"]) for line in log.values())
     assert log[4]["skipped"] >= 1, "the corrupt image was never counted"
@@ -195,3 +198,16 @@ def test_kill_9_then_resume_repeats_the_uninterrupted_run(tmp_path, data):
     assert resumed_from >= 3 and resumed_from < 12
     for step in range(resumed_from + 1, 13):
         assert got[step]["loss"] == expected[step]["loss"], step
+
+
+def test_two_processes_resume_repeats_the_uninterrupted_run(tmp_path, data):
+    """Data position, optimizer, LR and EMA restored in each of 2 processes: the steps after resume are identical."""
+    base = ["--config", "tiny-decoder", f"data.path={data}", "checkpoint_every=2", "tensorboard=false"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert launch(base + [f"output_dir={whole}", "max_steps=6"], processes=2).returncode == 0
+    assert launch(base + [f"output_dir={split}", "max_steps=3"], processes=2).returncode == 0
+    done = launch(base + [f"output_dir={split}", "max_steps=6", "resume=latest"], processes=2)
+    assert done.returncode == 0 and "resumed from" in done.stdout and "at step 3" in done.stdout, done.stderr[-3000:]
+    expected, got = read_log(whole), read_log(split)
+    assert [got[step]["loss"] for step in (4, 5, 6)] == [expected[step]["loss"] for step in (4, 5, 6)]
+    assert got[6]["skipped"] == expected[6]["skipped"]

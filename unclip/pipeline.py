@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers import DDPMScheduler, DiffusionPipeline, UnCLIPScheduler
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
@@ -232,9 +232,14 @@ class UnCLIPCascade(DiffusionPipeline):
                 continue
             settings[stage].validate(stage)
             try:  # fail before any work on a bad name
-                make_scheduler(settings[stage].scheduler, self._reference_scheduler(stage))
+                scheduler = make_scheduler(settings[stage].scheduler, self._reference_scheduler(stage))
             except UnclipError as error:
                 raise UnclipError(f"{stage}: {error}") from None
+            if isinstance(scheduler, UnCLIPScheduler) and settings[stage].steps < 2:  # it divides by steps − 1
+                raise UnclipError(
+                    f"{stage}: the UnCLIP scheduler needs steps ≥ 2, got {settings[stage].steps}; "
+                    "for one step choose the ddim scheduler"
+                )
         for stage in ("sr256", "sr1024"):
             limit = self._max_noise_level(stage)
             if stage in stages and settings[stage].noise_level > limit:

@@ -2,7 +2,12 @@
 cascade in the hub layouts (Karlo layout + pixel 256→1024 upsampler) with its ``model.yaml``.
 
     from unclip.train.architectures import ARCHITECTURES
-    model_yaml = ARCHITECTURES["tiny"](Path("runs/x/init"), seed=0)
+    model_yaml = ARCHITECTURES["tiny"](Path("runs/x/init"), seed=0, text_encoder=None)
+    model_yaml = ARCHITECTURES["demo"](Path("runs/demo/init"), seed=0, text_encoder=Path("runs/demo/clip"))
+
+``text_encoder`` (the training key of that name) is a folder with ``text_encoder/`` and ``tokenizer/``, a
+trained CLIP's text tower (``scripts/train_demo_clip.py`` writes one); the cascade is built around it, its
+width being the CLIP embedding width of the prior, text projection and decoder.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+
+from unclip.errors import UnclipError
 
 # Sampling defaults written into a from-scratch model.yaml: short, for small models.
 SCRATCH_STAGES = {
@@ -28,13 +35,28 @@ def _write_yaml(folder: Path) -> Path:
     return path
 
 
-def tiny(folder: Path, seed: int = 0) -> Path:
+def tiny(folder: Path, seed: int = 0, text_encoder: Path | None = None) -> Path:
     """The test-sized cascade of ``unclip.replicas`` (CLIP width 32): trains on a CPU in seconds."""
     from unclip.replicas import tiny_karlo, tiny_pixel_upscaler
 
+    if text_encoder is not None:
+        raise UnclipError("architecture tiny brings its own random CLIP text encoder: leave text_encoder out")
     tiny_karlo(folder / "unclip", seed=seed, with_prior=True)
     tiny_pixel_upscaler(folder / "upscaler", seed=seed)
     return _write_yaml(folder)
 
 
-ARCHITECTURES: dict[str, Callable[[Path, int], Path]] = {"tiny": tiny}
+def demo(folder: Path, seed: int = 0, text_encoder: Path | None = None) -> Path:
+    """The offline demo's cascade (``unclip.demo.architecture``) around a trained tiny CLIP."""
+    from unclip.demo.architecture import build_demo
+
+    if text_encoder is None:
+        raise UnclipError(
+            "architecture demo needs text_encoder=FOLDER, a CLIP text tower with text_encoder/ and tokenizer/ "
+            "(scripts/train_demo_clip.py writes one)"
+        )
+    build_demo(folder, Path(text_encoder), seed=seed)
+    return _write_yaml(folder)
+
+
+ARCHITECTURES: dict[str, Callable[..., Path]] = {"tiny": tiny, "demo": demo}

@@ -84,6 +84,7 @@ class TrainConfig:
     output_dir: str = "runs/unclip"
     init_from: str | None = None  # a model config, preset or folder to fine-tune; None = from scratch
     architecture: str = "tiny"  # from scratch: the sizes to build (see unclip.train.architectures)
+    text_encoder: str | None = None  # from scratch: a folder with text_encoder/ and tokenizer/ to build around
     data: DataConfig = field(default_factory=DataConfig)
     max_steps: int = 1000  # optimizer steps
     batch_size: int = 8  # per process and micro-step

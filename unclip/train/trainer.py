@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -67,6 +68,16 @@ def micro_generator(seed: int, micro: int, process: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + micro) * 1_009 + process)
 
 
+def _warn_single_cpu_process() -> None:
+    """`accelerate launch --cpu --num_processes N` starts one process (it needs mpirun for more): say so."""
+    asked_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+    if asked_cpu and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        logger.warning(
+            "accelerate launch --cpu starts a single process without mpirun: for N processes on CPU run "
+            "`accelerate launch --multi_gpu --num_processes N` (torchrun and gloo; no GPU needed)"
+        )
+
+
 # ------------------------------------------------------------------------------------------ the model
 def load_cascade(config: TrainConfig, accelerator: Accelerator):
     """The cascade to train: ``init_from`` (fine-tuning), or a fresh ``architecture`` in output_dir/init."""
@@ -79,7 +90,7 @@ def load_cascade(config: TrainConfig, accelerator: Accelerator):
     folder = Path(config.output_dir) / "init"
     if accelerator.is_main_process and not (folder / "model.yaml").is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        ARCHITECTURES[config.architecture](folder, config.seed)
+        ARCHITECTURES[config.architecture](folder, config.seed, text_encoder=config.text_encoder)
     accelerator.wait_for_everyone()
     return UnCLIPCascade.from_config(folder / "model.yaml")
 
@@ -176,7 +187,11 @@ def train(config: TrainConfig) -> Path:
     from unclip.train.data import CaptionedImages, collate
 
     output = Path(config.output_dir)
+    _warn_single_cpu_process()
     accelerator = Accelerator(
+        # Without a GPU, several processes (torchrun, `accelerate launch --multi_gpu`) run on CPU over gloo:
+        # accelerate makes them one distributed run only when told cpu=True.
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with="tensorboard" if config.tensorboard else None,
@@ -185,6 +200,7 @@ def train(config: TrainConfig) -> Path:
     if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UnclipError("mixed_precision=fp16 needs a GPU; use bf16 or no on CPU")
     device = accelerator.device
+    accelerator.print(f"training {config.stage}: {accelerator.num_processes} process(es) on {device.type}")
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         (output / "train_config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
