@@ -3,6 +3,8 @@
     unclip generate "a corgi playing a trumpet" --model karlo-x4 --out outputs/ --seed 0 --num-images 2
     unclip generate --help
     unclip embed my/images --clip hf:openai/clip-vit-large-patch14   # CLIP image embeddings for training
+    unclip data shapes data/shapes --n 20000 --workers 8             # the offline demo's dataset
+    unclip eval shapes --model runs/demo/model.yaml --out eval/      # and its benchmark
 
 Mistakes in the input end with one ``error: ...`` line on stderr and exit code 2, before any work.
 """
@@ -106,6 +108,14 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
         help="stop early at this size (default: the largest the model makes)",
     )
     p.add_argument("--negative-prompt", default=None, help='used in place of "" in the unguided branch')
+    add_sampling_args(p)
+    p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
+    p.add_argument("--offload", action="store_true", help="model CPU offload: keep only the running model on the GPU")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """Per-stage steps, guidance and noise levels, ``--scheduler``, ``--dtype`` and ``--device``."""
     defaults = karlo_defaults()
     for flag, kwarg, stage, field, kind, what in STAGE_FLAGS:
         default = getattr(defaults[stage], field)
@@ -129,9 +139,6 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
         help="auto: fp16 on CUDA, fp32 on CPU (fp16 on CPU is refused)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
-    p.add_argument("--offload", action="store_true", help="model CPU offload: keep only the running model on the GPU")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _device_and_dtype(args):
@@ -247,9 +254,122 @@ def run_embed(args) -> int:
     return 0
 
 
+def _image_side(text: str) -> int:
+    value = int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"must be ≥ 32 pixels, got {value}")
+    return value
+
+
+def add_data_shapes_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="a new or empty folder: the PNGs and metadata.jsonl (an imagefolder)")
+    p.add_argument("--n", type=_positive_int, required=True, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="image i is a function of (SEED, i) alone")
+    p.add_argument("--size", type=_image_side, default=1024, help="image side in pixels")
+    p.add_argument("--workers", type=_workers, default=0, help="processes drawing and writing (0: this one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_data_shapes(args) -> int:
+    if args.seed < 0:
+        raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
+    from unclip.demo.shapes import write_dataset
+
+    print(write_dataset(args.out, args.n, args.seed, args.size, workers=args.workers, progress=not args.quiet))
+    return 0
+
+
+def add_eval_shapes_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="preset name (a file of configs/) or a model YAML file")
+    p.add_argument("--n", type=_positive_int, default=96, help="prompts, in rounds of 24: the held-out pairs first")
+    p.add_argument("--seed", type=int, default=0, help="image k uses seed SEED + k")
+    p.add_argument(
+        "--size", type=int, choices=(64, 256, 1024), default=64, help="64: prior and decoder; 256, 1024: upsamplers too"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per cascade call")
+    p.add_argument("--out", type=Path, help="also save the images here, with metadata.jsonl (never overwritten)")
+    p.add_argument(
+        "--report",
+        type=Path,
+        help="the JSON report, must not exist (default: OUT/report.json or ./eval-shapes.json, else -2, -3 ...)",
+    )
+    add_sampling_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_eval_shapes(args) -> int:
+    if args.seed < 0:
+        raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
+    from unclip.config import load_model_config
+    from unclip.demo import eval as shapes_eval
+    from unclip.outputs import ensure_writable, save_images
+
+    config = load_model_config(args.model)
+    if args.size > config.max_size:
+        raise UnclipError(f"--size {args.size} needs an upscaler: {args.model} has no 'upscaler:', so it ends at 256")
+    device, dtype = _device_and_dtype(args)
+    if args.report is not None:
+        shapes_eval.check_report_path(args.report)
+    out = ensure_writable(args.out) if args.out else None
+
+    from unclip import __version__
+    from unclip.demo.shapes import eval_prompts
+    from unclip.pipeline import UnCLIPCascade
+
+    pipe = UnCLIPCascade.from_config(config, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    def save(images, metadata):
+        for meta in metadata:
+            meta["version"] = __version__
+        return save_images(out, images, metadata)
+
+    evaluation = shapes_eval.evaluate(
+        pipe,
+        eval_prompts(args.n),
+        seed=args.seed,
+        size=args.size,
+        batch_size=args.batch_size,
+        save=save if out else None,
+        progress=not args.quiet,
+        scheduler=args.scheduler,
+        **{kwarg: getattr(args, kwarg) for _, kwarg, *_ in STAGE_FLAGS},
+    )
+    print(shapes_eval.format_table(evaluation.summary()))
+    report = {"version": __version__, **evaluation.report()}
+    default = out / "report.json" if out else Path("eval-shapes.json")
+    print(f"report: {shapes_eval.write_report(report, args.report, default)}")
+    return 0
+
+
+# subcommand → (help, add_args, run), for the commands that have them: `unclip data shapes`, `unclip eval shapes`
+DATA_COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "shapes": ("the offline demo's procedural shapes (an imagefolder)", add_data_shapes_args, run_data_shapes),
+}
+EVAL_COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "shapes": ("generate the shapes prompts and score them from pixels", add_eval_shapes_args, run_eval_shapes),
+}
+
+
+def _group(commands: dict[str, tuple[str, Callable, Callable]], dest: str) -> tuple[Callable, Callable]:
+    """add_args and run of a command made of subcommands."""
+
+    def add_args(p: argparse.ArgumentParser) -> None:
+        sub = p.add_subparsers(dest=dest, required=True, parser_class=_Parser)
+        for name, (help_text, add, _) in commands.items():
+            add(sub.add_parser(name, help=help_text, formatter_class=_Formatter))
+
+    def run(args) -> int:
+        return commands[getattr(args, dest)][2](args)
+
+    return add_args, run
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "generate": ("text → image through the cascade", add_generate_args, run_generate),
     "embed": ("precompute the CLIP image embeddings of a training dataset", add_embed_args, run_embed),
+    "data": ("write a training dataset: shapes", *_group(DATA_COMMANDS, "dataset")),
+    "eval": ("score a model on a benchmark: shapes", *_group(EVAL_COMMANDS, "benchmark")),
 }
 
 
