@@ -1,0 +1,137 @@
+"""The demo's tiny CLIP: open_clip training, and its transformers export equal to open_clip to float rounding."""
+
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unclip.demo import clip
+from unclip.demo.clip_export import export_clip, load_open_clip
+from unclip.demo.shapes import write_dataset
+from unclip.replicas import randomize_
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo_clip.py"
+CAPTIONS = [
+    "a large red circle in the top left on a blue background",
+    "a small orange square on a white background",
+    "a small purple triangle in the center on a yellow background",
+    "A Large GREEN circle,  in the bottom right",  # case, punctuation and spaces as both tokenizers clean them
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A randomised (no all-zero biases, no all-one gains: a missed term shows) demo CLIP and its export."""
+    model = clip.create_clip(seed=3).eval()
+    randomize_(model, torch.Generator().manual_seed(3))
+    folder = export_clip(model, tmp_path_factory.mktemp("clip"))
+    return model, folder
+
+
+def test_text_encoder_and_tokenizer_equal_open_clip(exported):
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    from unclip.pipeline import tokenize
+
+    model, folder = exported
+    tokens = clip.tokenize(CAPTIONS)
+    ids, _ = tokenize(CLIPTokenizer.from_pretrained(folder / "tokenizer"), CAPTIONS)  # as the cascade does
+    assert torch.equal(ids, tokens)
+    encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder")
+    with torch.no_grad():
+        out = encoder(ids)
+        embeds = model.encode_text(tokens)
+        x = model.token_embedding(tokens) + model.positional_embedding
+        hidden = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))  # every position, padding too
+        prefix = clip.encode_text_prefix(model, tokens)  # what training computes
+    torch.testing.assert_close(out.text_embeds, embeds, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.last_hidden_state, hidden, rtol=0, atol=1e-5)
+    torch.testing.assert_close(prefix, embeds, rtol=0, atol=1e-5)
+
+
+def test_image_encoder_equals_open_clip(exported):
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from transformers import CLIPVisionModelWithProjection
+
+    from unclip.clip_models import load_clip_image_encoder
+
+    model, folder = exported
+    generator = torch.Generator().manual_seed(0)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
+    normalised = torch.randn(3, 3, 64, 64, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            encoder(pixel_values=normalised).image_embeds, model.encode_image(normalised), rtol=0, atol=1e-5
+        )
+        # the trainer's z_i: [-1, 1] pixels through hf:FOLDER/image_encoder, and open_clip's own preprocessing
+        uint8 = torch.randint(0, 256, (3, 3, 64, 64), generator=generator, dtype=torch.uint8)
+        z_i = load_clip_image_encoder(f"hf:{folder}/image_encoder")(uint8.float() / 127.5 - 1)
+        preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+        pil = [Image.fromarray(np.ascontiguousarray(u.permute(1, 2, 0).numpy())) for u in uint8]
+        reference = model.encode_image(torch.stack([preprocess(p) for p in pil]))
+        again = load_open_clip(folder).encode_image(torch.stack([preprocess(p) for p in pil]))
+    torch.testing.assert_close(z_i, reference, rtol=0, atol=1e-5)
+    assert torch.equal(again, reference)
+
+
+def test_training_is_seeded_and_lowers_the_loss(tmp_path):
+    write_dataset(tmp_path / "data", n=24, seed=0, size=64, progress=False)
+    data = clip.load_images(tmp_path / "data", progress=False)
+    assert data.images.shape == (24, 3, 64, 64) and data.images.dtype == torch.uint8
+    config = clip.ClipTrainConfig(steps=8, batch_size=8, lr=1e-3, warmup_steps=1, seed=0)
+    losses = []
+    for _ in range(2):
+        model = clip.create_clip(seed=0)
+        losses.append(clip.train_clip(model, data.images, data.texts, config, progress=False).losses)
+    assert losses[0] == losses[1]
+    assert np.mean(losses[0][-3:]) < np.mean(losses[0][:3]) - 0.2
+
+
+def test_batches_hold_minimal_pairs_and_distinct_captions():
+    from unclip.demo.clip_batches import BatchSampler
+
+    # a 4 x 3 x 2 attribute grid, two images of each combination (one caption)
+    rows = [{"a": str(a), "b": str(b), "c": str(c)} for a in range(4) for b in range(3) for c in range(2)] * 2
+    texts = [" ".join(r.values()) for r in rows]
+    pairs = BatchSampler(texts, batch_size=2, seed=0, attributes=rows, hard_fraction=1.0, group_size=2)
+    for _ in range(50):  # an anchor and an image that differs from it in exactly one attribute
+        i, j = pairs.next().tolist()
+        assert sum(rows[i][k] != rows[j][k] for k in "abc") == 1
+    random = BatchSampler(texts, batch_size=64, seed=0)  # no attributes: random, each caption once at most
+    assert sorted(texts[i] for i in random.next()) == sorted(set(texts))
+    assert torch.equal(BatchSampler(texts, 8, 3, rows, 0.5, 4).next(), BatchSampler(texts, 8, 3, rows, 0.5, 4).next())
+
+
+def test_script_trains_scores_and_exports(tmp_path, capsys):
+    main = runpy.run_path(str(SCRIPT))["main"]
+    write_dataset(tmp_path / "data", n=32, seed=0, size=64, progress=False)
+    out = tmp_path / "clip"
+    args = [
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--warmup-steps",
+        "1",
+        "--eval-n",
+        "24",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    summary = json.loads((out / "zero_shot.json").read_text())
+    assert set(summary["zero_shot"]) == {"colour", "shape", "position", "background", "size"}
+    assert summary["eval_images"] == 24 and summary["eval_images_held_out"] == 3
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 3
+    for sub in ("text_encoder", "tokenizer", "image_encoder", "feature_extractor", "open_clip"):
+        assert (out / sub).is_dir()
+    assert "zero-shot accuracy (all): colour" in capsys.readouterr().out
+    assert main(args) == 2  # never over an earlier run
+    assert "not a new or empty folder" in capsys.readouterr().err

@@ -1,0 +1,242 @@
+"""A tiny CLIP for the demo's captioned shapes, trained contrastively with open_clip.
+
+    from unclip.demo.clip import ClipTrainConfig, create_clip, load_images, train_clip
+
+    model = create_clip(seed=0)                    # open_clip's CLIP on MODEL_CONFIG, random weights
+    data = load_images("data/shapes")              # every image at 64 px, uint8 (N, 3, 64, 64), in memory
+    result = train_clip(model, data.images, data.texts, ClipTrainConfig(), attributes=None)
+    result.losses                                  # one per step
+
+The model is open_clip's own (``open_clip.create_model`` on ``MODEL_CONFIG``, registered under ``MODEL_NAME``)
+with its CLIP BPE tokenizer, QuickGELU and the 77-token context the cascade tokenizes to, so that it maps
+exactly onto transformers' CLIPTextModelWithProjection and CLIPVisionModelWithProjection
+(``unclip.demo.clip_export``). The embedding width equals the text width: Karlo's prior and text projection
+take the text encoder's hidden states and its embedding at one width.
+
+Training: AdamW (no weight decay on gains, biases and the logit scale, as open_clip's trainer), a linear
+warm-up then a cosine LR, open_clip's ``ClipLoss``, the logit scale clamped to 100; batches from a seeded
+``unclip.demo.clip_batches.BatchSampler`` (distinct captions; half minimal pairs when the images' attributes
+are known). The image tower is narrower than the text tower (64 vs 128): it is most of a step's cost.
+Images go in as the cascade's CLIP encoders feed them: [0, 1], normalised with the model's mean and std.
+The text tower runs on the tokens up to the longest caption of the batch: with the causal mask and
+end-of-text pooling that is exactly open_clip's ``encode_text`` (the padding after the end-of-text token
+never reaches it), at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from unclip.errors import UnclipError
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "unclip-demo-clip"
+IMAGE_SIZE = 64
+CONTEXT_LENGTH = 77
+MODEL_CONFIG: dict = {
+    "embed_dim": 128,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 64, "head_width": 16, "layers": 4},
+    "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass
+class ClipTrainConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    seed: int = 0
+    hard_fraction: float = 0.5  # of each batch in minimal-pair groups, when attributes are given (clip_batches)
+    group_size: int = 8
+    log_every: int = 50  # steps between loss lines in the log
+
+
+@dataclass
+class ClipTrainResult:
+    losses: list[float] = field(default_factory=list)  # one per step
+    seconds: float = 0.0
+
+
+def register() -> None:
+    """Make ``MODEL_NAME`` one of open_clip's model configs (idempotent)."""
+    import open_clip
+
+    open_clip.factory._MODEL_CONFIGS[MODEL_NAME] = MODEL_CONFIG  # what add_model_config would read from a file
+
+
+def create_clip(seed: int = 0):
+    """open_clip's CLIP on ``MODEL_CONFIG``, initialised from ``seed`` (the global RNG is left alone)."""
+    import open_clip
+
+    from unclip.clip_models import _root_logging_off
+
+    register()
+    with torch.random.fork_rng(devices=[]), _root_logging_off():  # it logs "randomly initialised" to root
+        torch.manual_seed(seed)
+        return open_clip.create_model(MODEL_NAME)
+
+
+def tokenize(texts: list[str]) -> torch.Tensor:
+    """open_clip's tokens, (N, 77) int64: start, BPE, end-of-text (49407), zero padding."""
+    import open_clip
+
+    register()
+    return open_clip.get_tokenizer(MODEL_NAME)(list(texts))
+
+
+def normalize_images(model, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) → the model's input: [0, 1], minus its mean, over its std."""
+    cfg = model.visual.preprocess_cfg
+    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def encode_text_prefix(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)`` (unnormalised), computed on the tokens up to the last end-of-text only."""
+    length = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token has the highest id
+    ids = tokens[:, :length]
+    x = model.token_embedding(ids) + model.positional_embedding[:length]
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0]), ids.argmax(dim=-1)]
+    return x @ model.text_projection
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8 (N, 3, R, R)
+    texts: list[str]
+    keys: list[str]  # the dataset's keys: file names of an imagefolder
+
+
+def load_images(path: str | Path, resolution: int = IMAGE_SIZE, workers: int = 0, progress: bool = True) -> ImageSet:
+    """Every readable image of the imagefolder or shards at ``path`` (``unclip.train.data``: shorter side to
+    ``resolution``, bicubic, center crop), with its caption and key."""
+    from torch.utils.data import DataLoader
+
+    from unclip.train.data import CaptionedImages, collate
+
+    data = CaptionedImages(path, resolution)
+    loader = DataLoader(data, batch_size=64, num_workers=workers, collate_fn=collate)
+    images, texts, keys, skipped = [], [], [], 0
+    with tqdm(total=len(data), desc="load images", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            if batch["text"]:
+                images.append(((batch["pixel_values"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+                texts += batch["text"]
+                keys += batch["key"]
+            skipped += batch["skipped"]
+            bar.update(len(batch["text"]) + batch["skipped"])
+    if not texts:
+        raise UnclipError(f"no readable image in {path}: check the files")
+    if skipped:
+        logger.warning(f"{skipped} unreadable images of {path} skipped")
+    return ImageSet(torch.cat(images), texts, keys)
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    def exclude(name: str, p: torch.Tensor) -> bool:  # open_clip_train's rule
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": weight_decay},
+    ]
+
+
+def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """AdamW, fused where torch has it for the CPU (2.4+): the 6.3 M token embeddings dominate a step otherwise."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    except RuntimeError:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_clip(
+    model,
+    images: torch.Tensor,
+    texts: list[str],
+    config: ClipTrainConfig,
+    attributes: list[dict[str, str]] | None = None,
+    progress: bool = True,
+) -> ClipTrainResult:
+    """Contrastive training of ``model`` in place on uint8 ``images`` and their ``texts``; ``attributes`` (one
+    dict per image, the same keys for all) make minimal-pair batches (``unclip.demo.clip_batches``)."""
+    from open_clip import ClipLoss
+
+    from unclip.demo.clip_batches import BatchSampler
+
+    if len(images) != len(texts) or (attributes is not None and len(attributes) != len(texts)):
+        raise UnclipError(f"{len(images)} images but {len(texts)} captions: give one caption per image")
+    if len(images) < 2:
+        raise UnclipError("contrastive training needs at least 2 images")
+    if config.steps < 1:
+        raise UnclipError(f"steps must be at least 1, got {config.steps}")
+    tokens = tokenize(texts)
+    sampler = BatchSampler(texts, config.batch_size, config.seed, attributes, config.hard_fraction, config.group_size)
+    optimizer = _adamw(_param_groups(model, config.weight_decay), config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps)
+    )
+    loss_fn = ClipLoss()
+    result = ClipTrainResult()
+    start = time.perf_counter()
+    model.train()
+    with tqdm(range(config.steps), desc="train clip", unit="step", disable=not progress) as bar:
+        for step in bar:
+            index = sampler.next()
+            image_features = F.normalize(model.encode_image(normalize_images(model, images[index])), dim=-1)
+            text_features = F.normalize(encode_text_prefix(model, tokens[index]), dim=-1)
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            result.losses.append(loss.item())
+            bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
+            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                recent = result.losses[-config.log_every :]
+                logger.info(f"step {step + 1}/{config.steps}: loss {sum(recent) / len(recent):.4f}")
+    model.eval()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@torch.no_grad()
+def encode_texts(model, texts: list[str], batch_size: int = 512) -> torch.Tensor:
+    """Unit-norm text embeddings (N, embed_dim)."""
+    tokens = tokenize(texts)
+    out = [encode_text_prefix(model, tokens[i : i + batch_size]) for i in range(0, len(tokens), batch_size)]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def encode_images(model, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Unit-norm image embeddings (N, embed_dim) of uint8 images."""
+    chunks = images.split(batch_size)
+    out = [model.encode_image(normalize_images(model, chunk)) for chunk in chunks]
+    return F.normalize(torch.cat(out), dim=-1)
