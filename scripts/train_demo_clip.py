@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> dict:
         for step, loss in enumerate(result.losses, 1):
             log.write(json.dumps({"step": step, "loss": round(loss, 6)}) + "\n")
     summary = {
-        "zero_shot": report.accuracy,
-        "zero_shot_held_out": report.held_out,
+        "zero_shot": {k: round(v, 4) for k, v in report.accuracy.items()},
+        "zero_shot_held_out": {k: round(v, 4) for k, v in report.held_out.items()},
         "eval_images": report.n,
         "eval_images_held_out": report.n_held_out,
         "train_images": len(data.texts),

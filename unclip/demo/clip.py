@@ -15,8 +15,9 @@ take the text encoder's hidden states and its embedding at one width.
 
 Training: AdamW (no weight decay on gains, biases and the logit scale, as open_clip's trainer), a linear
 warm-up then a cosine LR, open_clip's ``ClipLoss``, the logit scale clamped to 100; batches from a seeded
-``unclip.demo.clip_batches.BatchSampler`` (distinct captions; half minimal pairs when the images' attributes
-are known). The image tower is narrower than the text tower (64 vs 128): it is most of a step's cost.
+``unclip.demo.clip_batches.BatchSampler`` (distinct captions; three quarters minimal pairs, steered to what
+the model still confuses, when the images' attributes are known). The image tower is narrower than the text
+tower (64 vs 128): it is most of a step's cost.
 Images go in as the cascade's CLIP encoders feed them: [0, 1], normalised with the model's mean and std.
 The text tower runs on the tokens up to the longest caption of the batch: with the causal mask and
 end-of-text pooling that is exactly open_clip's ``encode_text`` (the padding after the end-of-text token
@@ -59,7 +60,7 @@ class ClipTrainConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 50
     seed: int = 0
-    hard_fraction: float = 0.5  # of each batch in minimal-pair groups, when attributes are given (clip_batches)
+    hard_fraction: float = 0.75  # of each batch in minimal-pair groups, when attributes are given (clip_batches)
     group_size: int = 8
     log_every: int = 50  # steps between loss lines in the log
 
@@ -210,6 +211,7 @@ def train_clip(
             image_features = F.normalize(model.encode_image(normalize_images(model, images[index])), dim=-1)
             text_features = F.normalize(encode_text_prefix(model, tokens[index]), dim=-1)
             loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+            sampler.update(image_features.detach() @ text_features.detach().T)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -220,7 +222,8 @@ def train_clip(
             bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 recent = result.losses[-config.log_every :]
-                logger.info(f"step {step + 1}/{config.steps}: loss {sum(recent) / len(recent):.4f}")
+                line = f"step {step + 1}/{config.steps}: loss {sum(recent) / len(recent):.4f}"
+                logger.info(line + sampler.describe())
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
