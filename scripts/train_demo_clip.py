@@ -1,16 +1,18 @@
 """Train the demo's tiny CLIP on a captioned-shapes imagefolder, score it zero-shot, and export it.
 
     python scripts/train_demo_clip.py --data data/shapes --out runs/clip
-    python scripts/train_demo_clip.py --data data/shapes --out runs/clip --steps 2000 --batch-size 128 --seed 1
+    python scripts/train_demo_clip.py --data data/shapes --out runs/clip --steps 5000 --seed 1
 
 DATA: the imagefolder ``unclip data shapes`` writes (any imagefolder or tar shards with captions train; the
 zero-shot score assumes the shapes grammar). Images are read once at 64 px and kept in memory. Where its
-metadata.jsonl has the shapes' attributes (colour, shape, position, background, size), half of each batch is
-minimal pairs (``unclip.demo.clip_batches``); elsewhere batches are random. FOLDER (new or
-empty) receives the export (``unclip.demo.clip_export``: ``text_encoder/``, ``tokenizer/``, ``image_encoder/``,
-``feature_extractor/``, ``open_clip/``), ``train_log.jsonl`` (the loss of every step) and ``zero_shot.json``:
-per-attribute zero-shot accuracy (``unclip.demo.clip_zero_shot``) on ``--eval-n`` images rendered from the
-shapes' evaluation prompts, all and the held-out colour-and-shape pairs alone, printed too.
+metadata.jsonl has the shapes' attributes (colour, shape, position, background, size), three quarters of each
+batch are minimal pairs steered to what the model still confuses (``unclip.demo.clip_batches``; the log lines
+show those error rates); elsewhere batches are random.
+
+FOLDER (new or empty) receives the export (``unclip.demo.clip_export``: ``text_encoder/``, ``tokenizer/``,
+``image_encoder/``, ``feature_extractor/``, ``open_clip/``), ``train_log.jsonl`` (the loss of every step) and
+``zero_shot.json``: per-attribute zero-shot accuracy (``unclip.demo.clip_zero_shot``) on ``--eval-n`` images
+rendered from the shapes' evaluation prompts, all and the held-out colour-and-shape pairs alone, printed too.
 
 Then: ``data.clip=hf:FOLDER/image_encoder`` in a training config, and FOLDER's text_encoder/ and tokenizer/
 as the cascade's.
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from unclip.errors import UnclipError
 
-DEFAULTS = {"steps": 1500, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50, "seed": 0, "eval_n": 960}
+DEFAULTS = {"steps": 2000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50, "seed": 0, "eval_n": 960}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,9 +109,9 @@ def run(args: argparse.Namespace) -> dict:
     eval_pixels, eval_attributes = eval_images(args.eval_n, render_size=render_size)
     report = zero_shot(model, eval_pixels, eval_attributes)
     export_clip(model, out)
-    with open(out / "train_log.jsonl", "x") as log:
+    with open(out / "train_log.jsonl", "x") as lines:
         for step, loss in enumerate(result.losses, 1):
-            log.write(json.dumps({"step": step, "loss": round(loss, 6)}) + "\n")
+            lines.write(json.dumps({"step": step, "loss": round(loss, 6)}) + "\n")
     summary = {
         "zero_shot": {k: round(v, 4) for k, v in report.accuracy.items()},
         "zero_shot_held_out": {k: round(v, 4) for k, v in report.held_out.items()},
@@ -135,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_libraries()
         log = logging.getLogger("unclip.demo.clip")  # its loss lines, plain, through the progress bar
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
+        if not log.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
         summary = run(args)

@@ -54,7 +54,7 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 @dataclass
 class ClipTrainConfig:
-    steps: int = 1500
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.1

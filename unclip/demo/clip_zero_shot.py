@@ -12,7 +12,8 @@ value, i.e. the posterior over captions marginalised onto the attribute; the pre
 The model never sees a caption of the held-out colour-and-shape pairs in training (``shapes.HELD_OUT``), yet
 they are classes here and an eighth of the evaluation images: ``held_out`` is the accuracy on those images.
 
-Short prompts ("a red shape", "a circle") score worse on this model: it only ever read the full grammar.
+Short prompts score far worse on this model, which only ever read the full grammar: on one whose marginalised
+colour accuracy was 100 %, "a <colour> shape" against the 8 colours gave 56 %.
 """
 
 from __future__ import annotations
