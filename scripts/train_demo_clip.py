@@ -27,7 +27,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from unclip.errors import UnclipError
+from unclip.errors import UnclipError, run_entry_point
 
 DEFAULTS = {"steps": 2000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50, "seed": 0, "eval_n": 960}
 
@@ -130,9 +130,23 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
+def print_summary(summary: dict, out: str) -> None:
+    print(
+        f"trained {summary['train']['steps']} steps in {summary['train_seconds']} s; loss "
+        f"{summary['loss_first']:.3f} → {summary['loss_last']:.3f}"
+    )
+    for name, title in (("zero_shot", "all"), ("zero_shot_held_out", "held-out pairs")):
+        if not summary[name]:
+            continue
+        line = ", ".join(f"{k} {v:.1%}" for k, v in summary[name].items())
+        print(f"zero-shot accuracy ({title}): {line}")
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def train_and_report() -> int:
         from unclip.cli import quiet_libraries
 
         quiet_libraries()
@@ -143,25 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
-        summary = run(args)
-    except UnclipError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    print(
-        f"trained {summary['train']['steps']} steps in {summary['train_seconds']} s; loss "
-        f"{summary['loss_first']:.3f} → {summary['loss_last']:.3f}"
-    )
-    for name, title in (("zero_shot", "all"), ("zero_shot_held_out", "held-out pairs")):
-        if not summary[name]:
-            continue
-        line = ", ".join(f"{k} {v:.1%}" for k, v in summary[name].items())
-        print(f"zero-shot accuracy ({title}): {line}")
-    print(f"wrote {args.out}")
-    return 0
+        print_summary(run(args), args.out)
+        return 0
 
+    return run_entry_point(train_and_report)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,9 +16,10 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from unclip.config import STAGES, karlo_defaults
-from unclip.errors import UnclipError
+from unclip.errors import UnclipError, run_entry_point
 from unclip.schedulers import SCHEDULERS
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -46,25 +47,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
+def _at_least(minimum: float, kind: type = int, what: str = "", unit: str = "") -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)``, refused below ``minimum`` as "[what] must be ≥ minimum[unit], got v"."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what + ' ' if what else ''}must be ≥ {minimum}{unit}, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
+    return parse
 
 
-def _guidance(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"guidance must be ≥ 0, got {value}")
-    return value
-
-
-def _level(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"noise level must be ≥ 0, got {value}")
-    return value
+_positive_int = _at_least(1)
+_guidance = _at_least(0, float, "guidance")
+_level = _at_least(0, int, "noise level")
+_workers = _at_least(0)
+_image_side = _at_least(32, int, unit=" pixels")
 
 
 def _schedulers(text: str) -> dict[str, str]:
@@ -90,7 +90,8 @@ STAGE_FLAGS = [
     ("--prior-guidance", "prior_guidance_scale", "prior", "guidance", _guidance, "prior guidance scale, ≤ 1 is off"),
     ("--decoder-guidance", "decoder_guidance_scale", "decoder", "guidance", _guidance, "decoder guidance scale"),
     ("--upscale-guidance", "upscale_guidance_scale", "sr1024", "guidance", _guidance, "256→1024 guidance scale"),
-    ("--noise-level", "upscale_noise_level", "sr1024", "noise_level", _level, "256→1024 low-res noise level, 0-350"),
+    ("--noise-level", "upscale_noise_level", "sr1024", "noise_level", _level,
+     "256→1024 low-res noise level: ≤ 350 (x4 upscaler), ≤ 999 (pixel upsampler)"),  # fmt: skip
     ("--sr-noise-level", "super_res_noise_level", "sr256", "noise_level", _level, "64→256 low-res noise level"),
 ]
 
@@ -211,13 +212,6 @@ def run_generate(args) -> int:
     return 0
 
 
-def _workers(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
-
-
 def add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "data", help="an imagefolder with metadata.jsonl, a .tar shard, a folder of shards or shards-{000..009}.tar"
@@ -252,13 +246,6 @@ def run_embed(args) -> int:
     skipped = int((~cache.valid).sum())
     print(f"embedded {len(cache) - skipped} images, skipped {skipped} unreadable", file=sys.stderr)
     return 0
-
-
-def _image_side(text: str) -> int:
-    value = int(text)
-    if value < 32:
-        raise argparse.ArgumentTypeError(f"must be ≥ 32 pixels, got {value}")
-    return value
 
 
 def add_data_shapes_args(p: argparse.ArgumentParser) -> None:
@@ -403,15 +390,12 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         quiet_libraries()
         return COMMANDS[args.command][2](args)
-    except UnclipError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; files written so far are kept", file=sys.stderr)
-        return 130
+
+    return run_entry_point(run, "interrupted; files written so far are kept")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from unclip.errors import UnclipError
+from unclip.errors import run_entry_point
 
 
 def _config_path(name: str | None) -> str | None:
@@ -33,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", action="store_true", help="list every config key and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. max_steps=100")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         from unclip.cli import quiet_libraries
         from unclip.train.config import load_train_config, valid_keys
 
         quiet_libraries()
-
         if args.keys:
             print("\n".join(valid_keys()))
             return 0
@@ -46,14 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         from unclip.train.trainer import train
 
         train(config)
-    except UnclipError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; resume with resume=latest", file=sys.stderr)
-        return 130
-    return 0
+        return 0
 
+    return run_entry_point(run, "interrupted; resume with resume=latest")
 
 if __name__ == "__main__":
     sys.exit(main())
