@@ -1,13 +1,21 @@
 """The offline demo: its architecture around a trained CLIP text tower, and the shipped model (`--model demo`)."""
 
+import runpy
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from unclip import UnCLIPCascade
 from unclip.errors import UnclipError
 from unclip.replicas import KARLO_TEXT_ENCODER, _save_tokenizer
 from unclip.train.architectures import ARCHITECTURES
+from unclip.train.config import load_train_config
+
+EXPORT = Path(__file__).resolve().parents[1] / "scripts" / "export_demo.py"
 
 
 def _text_tower(folder, hidden=32, projection=32):
@@ -29,11 +37,39 @@ def test_demo_architecture_builds_around_a_text_tower(tmp_path):
     assert out.images.shape == (1, 256, 256, 3) and np.isfinite(out.images).all()
 
 
+def test_demo_architecture_without_a_text_tower_uses_an_untrained_demo_clip(tmp_path):
+    pipe = UnCLIPCascade.from_config(ARCHITECTURES["demo"](tmp_path / "init", 0, text_encoder=None))
+    assert (tmp_path / "init" / "clip" / "image_encoder").is_dir()
+    assert pipe.text_encoder.config.projection_dim == pipe.prior.config.embedding_dim == 128
+    # …which is only good for the upsamplers: the text stages refuse it
+    for stage in ("prior", "decoder"):
+        with pytest.raises(UnclipError, match="needs text_encoder=FOLDER"):
+            load_train_config(None, [f"stage={stage}", "architecture=demo", "data.path=d", "data.clip=hf:c"])
+    assert load_train_config(None, ["stage=sr256", "architecture=demo", "data.path=d"]).text_encoder is None
+
+
+def test_export_joins_upsamplers_trained_apart(tmp_path):
+    clip = _text_tower(tmp_path / "clip")
+    text_run = ARCHITECTURES["demo"](tmp_path / "a", 0, text_encoder=clip)
+    upsampler_run = ARCHITECTURES["demo"](tmp_path / "b", 1, text_encoder=clip)
+    export = runpy.run_path(str(EXPORT))["export"]
+    export(str(text_run), None, tmp_path / "out", force=False, upsamplers=str(upsampler_run))
+    a, b, out = (UnCLIPCascade.from_config(p) for p in (text_run, upsampler_run, tmp_path / "out" / "model.yaml"))
+    weights = load_file(tmp_path / "out" / "unclip" / "decoder" / "diffusion_pytorch_model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float16}
+
+    def same(x, y):
+        return all(torch.equal(p.half(), q) for p, q in zip(x.parameters(), y.parameters(), strict=True))
+
+    assert same(a.decoder, out.decoder) and same(a.prior, out.prior) and not same(b.decoder, out.decoder)
+    for name in ("super_res_first", "super_res_last", "upscaler_unet"):
+        assert same(getattr(b, name), getattr(out, name)) and not same(getattr(a, name), getattr(out, name))
+
+
 def test_demo_architecture_refuses_a_missing_or_mismatched_text_tower(tmp_path):
-    with pytest.raises(UnclipError, match="text_encoder=FOLDER"):
-        ARCHITECTURES["demo"](tmp_path / "a", 0, text_encoder=None)
     with pytest.raises(UnclipError, match="no text_encoder/"):
         ARCHITECTURES["demo"](tmp_path / "b", 0, text_encoder=tmp_path / "nowhere")
     clip = _text_tower(tmp_path / "clip", hidden=32, projection=16)
     with pytest.raises(UnclipError, match="must equal its projection width"):
         ARCHITECTURES["demo"](tmp_path / "c", 0, text_encoder=clip)
+

@@ -31,13 +31,13 @@ DEMO_PRIOR = dict(num_attention_heads=4, attention_head_dim=32, num_layers=4, nu
 # the caption at 32 and 16 px), learned variance (6 output channels).
 DEMO_DECODER = {
     **KARLO_DECODER,
-    "block_out_channels": (32, 64, 96),
+    "block_out_channels": (16, 32, 64),
     "layers_per_block": 2,
     "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
     "up_block_types": ("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
     "attention_head_dim": 32,
-    "cross_attention_dim": 96,
-    "norm_num_groups": 16,
+    "cross_attention_dim": 64,
+    "norm_num_groups": 8,
 }
 # 64→256: Karlo's super-res UNet (no attention), three levels.
 DEMO_SUPER_RES = {

@@ -7,7 +7,9 @@ cascade in the hub layouts (Karlo layout + pixel 256→1024 upsampler) with its 
 
 ``text_encoder`` (the training key of that name) is a folder with ``text_encoder/`` and ``tokenizer/``, a
 trained CLIP's text tower (``scripts/train_demo_clip.py`` writes one); the cascade is built around it, its
-width being the CLIP embedding width of the prior, text projection and decoder.
+width being the CLIP embedding width of the prior, text projection and decoder. The upsampler stages see no
+text, so they may leave it out: the demo is then built around an untrained demo CLIP (written to
+``folder/clip``), and ``scripts/export_demo.py --upsamplers`` later joins their weights to the trained cascade.
 """
 
 from __future__ import annotations
@@ -47,14 +49,15 @@ def tiny(folder: Path, seed: int = 0, text_encoder: Path | None = None) -> Path:
 
 
 def demo(folder: Path, seed: int = 0, text_encoder: Path | None = None) -> Path:
-    """The offline demo's cascade (``unclip.demo.architecture``) around a trained tiny CLIP."""
+    """The offline demo's cascade (``unclip.demo.architecture``) around a trained tiny CLIP, or an untrained
+    one when ``text_encoder`` is None (for the upsampler stages, which see no text)."""
     from unclip.demo.architecture import build_demo
 
     if text_encoder is None:
-        raise UnclipError(
-            "architecture demo needs text_encoder=FOLDER, a CLIP text tower with text_encoder/ and tokenizer/ "
-            "(scripts/train_demo_clip.py writes one)"
-        )
+        from unclip.demo.clip import create_clip
+        from unclip.demo.clip_export import export_clip
+
+        text_encoder = export_clip(create_clip(seed), folder / "clip")
     build_demo(folder, Path(text_encoder), seed=seed)
     return _write_yaml(folder)
 

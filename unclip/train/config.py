@@ -123,7 +123,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UnclipError(message)
-        if self.stage in ("prior", "decoder") and not self.data.clip:
+        text_stage = self.stage in ("prior", "decoder")
+        if text_stage and self.architecture == "demo" and not (self.init_from or self.text_encoder):
+            raise UnclipError(
+                f"stage {self.stage} from scratch on architecture demo needs text_encoder=FOLDER, a trained "
+                "CLIP text tower with text_encoder/ and tokenizer/ (scripts/train_demo_clip.py writes one)"
+            )
+        if text_stage and not self.data.clip:
             raise UnclipError(
                 f"stage {self.stage} needs data.clip, the CLIP image encoder of z_i "
                 "(e.g. hf:openai/clip-vit-large-patch14)"
