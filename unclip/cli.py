@@ -98,7 +98,9 @@ STAGE_FLAGS = [
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
-    p.add_argument("--model", default="karlo-x4", help="preset name (a file of configs/) or a model YAML file")
+    p.add_argument(
+        "--model", default="demo", help="preset name (a file of configs/: demo, karlo-x4, karlo) or a model YAML file"
+    )
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (never overwritten)")
     p.add_argument("--seed", type=int, default=0, help="image k of the run uses seed SEED + k")
     p.add_argument("--num-images", type=_positive_int, default=1, help="images per prompt")
@@ -267,7 +269,7 @@ def run_data_shapes(args) -> int:
 
 
 def add_eval_shapes_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="preset name (a file of configs/) or a model YAML file")
+    p.add_argument("--model", default="demo", help="preset name (a file of configs/) or a model YAML file")
     p.add_argument("--n", type=_positive_int, default=96, help="prompts, in rounds of 24: the held-out pairs first")
     p.add_argument("--seed", type=int, default=0, help="image k uses seed SEED + k")
     p.add_argument(
@@ -329,6 +331,53 @@ def run_eval_shapes(args) -> int:
     return 0
 
 
+def add_batch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompts", type=Path, help="a .txt (a prompt a line, # comments), .jsonl or .csv prompt file")
+    p.add_argument("--model", default="demo", help="preset name (a file of configs/) or a model YAML file")
+    p.add_argument("--out", type=Path, required=True, help="the run's folder: rerun the same command to resume")
+    p.add_argument("--num-images", type=_positive_int, default=1, help="images per prompt (a row may override)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="images per cascade call, across prompts")
+    p.add_argument("--seed", type=int, default=0, help="image i of row r: SEED + 10000 r + i (a row may set its own)")
+    p.add_argument("--size", type=int, choices=(64, 256, 1024), help="stop early at this size (default: the largest)")
+    p.add_argument("--negative-prompt", default=None, help="for the rows that set none")
+    add_sampling_args(p)
+    p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--append", action="store_const", const="append", dest="mode", help="add to a folder of "
+                      "another command whose images this one keeps (rows added to the prompt file)")  # fmt: skip
+    mode.add_argument("--force", action="store_const", const="force", dest="mode", help="run in a folder of another "
+                      "command; its images this command would make differently move to superseded/")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_batch(args) -> int:
+    if args.seed < 0:
+        raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
+    from unclip.batch.command import Request, run
+
+    request = Request(
+        prompts=args.prompts,
+        model=args.model,
+        out=args.out,
+        num_images=args.num_images,
+        seed=args.seed,
+        size=args.size,
+        negative_prompt=args.negative_prompt,
+        stage_kwargs={kwarg: getattr(args, kwarg) for _, kwarg, *_ in STAGE_FLAGS},
+        scheduler=args.scheduler,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        device=args.device,
+        attention=args.attention,
+        mode=args.mode,
+        progress=not args.quiet,
+    )
+    summary = run(request)
+    if summary is not None:  # the main process's
+        print(summary)
+    return 0
+
+
 # subcommand → (help, add_args, run), for the commands that have them: `unclip data shapes`, `unclip eval shapes`
 DATA_COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "shapes": ("the offline demo's procedural shapes (an imagefolder)", add_data_shapes_args, run_data_shapes),
@@ -354,6 +403,7 @@ def _group(commands: dict[str, tuple[str, Callable, Callable]], dest: str) -> tu
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "generate": ("text → image through the cascade", add_generate_args, run_generate),
+    "batch": ("a prompt file → a folder of images: resumable, over many processes", add_batch_args, run_batch),
     "embed": ("precompute the CLIP image embeddings of a training dataset", add_embed_args, run_embed),
     "data": ("write a training dataset: shapes", *_group(DATA_COMMANDS, "dataset")),
     "eval": ("score a model on a benchmark: shapes", *_group(EVAL_COMMANDS, "benchmark")),

@@ -50,8 +50,8 @@ def _chunks(jobs: list[Job], batch_size: int):
             yield same[start : start + batch_size]
 
 
-def generate(pipe, jobs: list[Job], call_kwargs: dict[str, Any]):
-    """One cascade call for ``jobs`` (equal settings): their images and metadata lines."""
+def generate(pipe, jobs: list[Job], call_kwargs: dict[str, Any], stamp=None):
+    """One cascade call for ``jobs`` (equal settings): their images and metadata lines (plus ``stamp(job)``)."""
     first = jobs[0]
     kwargs = dict(call_kwargs)
     if first.size is not None:
@@ -70,7 +70,8 @@ def generate(pipe, jobs: list[Job], call_kwargs: dict[str, Any]):
     lines = []
     for job, meta in zip(jobs, result.metadata, strict=True):
         meta = {**meta, "seed": job.seed, "index": job.index}
-        lines.append({"file_name": job.file_name, "id": job.id, "row": job.row, "text": job.prompt, **meta})
+        extra = stamp(job) if stamp is not None else {}
+        lines.append({"file_name": job.file_name, "id": job.id, "row": job.row, "text": job.prompt, **meta, **extra})
     return result.images, lines
 
 
@@ -83,15 +84,17 @@ def run_shard(
     rank: int = 0,
     call_kwargs: dict[str, Any] | None = None,
     on_images=None,
+    stamp=None,
 ) -> ShardSummary:
-    """Make and write ``jobs`` (this process's shard); ``on_images(n)`` after each batch is written."""
+    """Make and write ``jobs`` (this process's shard); ``on_images(n)`` after each batch is written;
+    ``stamp(job)``: more keys for the job's metadata line."""
     summary = ShardSummary(batch_sizes=[batch_size])
     start = time.perf_counter()
     pending = list(jobs)
     while pending:
         chunk = next(_chunks(pending, batch_size))
         try:
-            images, lines = generate(pipe, chunk, call_kwargs or {})
+            images, lines = generate(pipe, chunk, call_kwargs or {}, stamp)
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
                 raise

@@ -62,7 +62,7 @@ def append_line(folder: Path, rank: int, meta: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def _lines(path: Path) -> list[dict[str, Any]]:
+def read_lines(path: Path) -> list[dict[str, Any]]:
     """The well-formed JSON objects of a metadata file (a torn or garbled line is skipped)."""
     out = []
     if path.is_file():
@@ -97,7 +97,7 @@ def repair(folder: Path) -> dict[str, dict[str, Any]]:
     parts = sorted((folder / PARTS).glob("metadata-*.jsonl")) if (folder / PARTS).is_dir() else []
     lines: dict[str, dict[str, Any]] = {}
     for path in [folder / METADATA, *parts]:
-        for line in _lines(path):
+        for line in read_lines(path):
             lines.setdefault(line["file_name"], line)
     pngs = {p.name for p in folder.glob("*.png")}
     lines = {name: line for name, line in lines.items() if name in pngs}
