@@ -76,6 +76,10 @@ def test_rerun_resumes_and_another_command_is_refused(tmp_path, prompts, model_y
     assert main(argv) == 0
     first = {p.name: p.read_bytes() for p in out.glob("*.png")}
     assert main(argv) == 0 and "made 0 images" in capsys.readouterr().out
+    page = (out / "index.html").read_text()
+    assert page.count("<section") == 4 and "a yellow torus" in page and 'href="00003-0001.png"' in page
+    assert "seed 30001" in page  # row 3, image 1: 0 + 10000·3 + 1
+    assert Image.open(out / "grids" / "00002.png").size == (512, 256)  # two images side by side
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == first  # nothing rewritten
     assert main([*argv, "--seed", "5"]) == 2
     assert "holds a run of another command (seed differs)" in capsys.readouterr().err

@@ -9,7 +9,7 @@ scripts/generate_batch.py call.
 2. The main process repairs the folder (``unclip.batch.store.repair``); every process then reads the same
    metadata.jsonl, so all agree on what is left, and takes every N-th unfinished image (``run.shard``).
 3. Each process writes its own PNGs and part file; at the end the main process repairs again (one line per
-   image, sorted) and prints the summary.
+   image, sorted), writes a grid per prompt and index.html (``unclip.batch.gallery``) and the summary.
 
 With several processes and no GPU, accelerate's ``PartialState`` runs them on CPU (gloo).
 """
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from unclip.batch import runfile
+from unclip.batch.gallery import write_gallery
 from unclip.batch.plan import plan
 from unclip.batch.prompts import read_prompts
 from unclip.batch.run import run_shard, shard
@@ -194,6 +195,7 @@ def run(request: Request) -> Summary | None:
     if not state.is_main_process:
         return None
     lines = repair(out)
+    write_gallery(out, lines)
     if bar is not None:
         bar.n = len(todo)
         bar.close()
