@@ -162,9 +162,11 @@ def run(request: Request) -> Summary | None:
     todo = [j for j in jobs if j.file_name not in done]
     mine = shard(todo, state.process_index, state.num_processes)
 
-    pipe = UnCLIPCascade.from_config(config, torch_dtype=dtype).to(device)
-    pipe.set_attention(request.attention)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = None
+    if mine:  # a finished run (or shard) loads no model
+        pipe = UnCLIPCascade.from_config(config, torch_dtype=dtype).to(device)
+        pipe.set_attention(request.attention)
+        pipe.set_progress_bar_config(disable=True)
     call_kwargs = {**request.stage_kwargs, "scheduler": request.scheduler, "negative_prompt": request.negative_prompt}
     if request.size:
         call_kwargs["size"] = request.size
