@@ -144,4 +144,4 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = capsys.readouterr().out
-    assert "(default: karlo-x4)" in text and "Karlo's: 25" in text and "(default: sdpa)" in text
+    assert "(default: demo)" in text and "Karlo's: 25" in text and "(default: sdpa)" in text

@@ -130,6 +130,12 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
             help=f"{what} (default: from the model config; Karlo's: {default})",
         )
     p.add_argument(
+        "--prior-samples",
+        type=_positive_int,
+        default=1,
+        help="best-of-n prior (DALL·E 2 §2.2): draw N image embeddings, keep the one closest to the text's",
+    )
+    p.add_argument(
         "--scheduler",
         type=_schedulers,
         default=None,
@@ -142,6 +148,15 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
         help="auto: fp16 on CUDA, fp32 on CPU (fp16 on CPU is refused)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def sampling_kwargs(args) -> dict:
+    """The UnCLIPCascade.__call__ keywords of add_sampling_args' flags (None: the model config's)."""
+    return {
+        "scheduler": args.scheduler,
+        "prior_samples": args.prior_samples,
+        **{kwarg: getattr(args, kwarg) for _, kwarg, *_ in STAGE_FLAGS},
+    }
 
 
 def _device_and_dtype(args):
@@ -204,8 +219,7 @@ def run_generate(args) -> int:
             num_images_per_prompt=args.num_images,
             seed=args.seed + i * args.num_images,
             size=args.size,
-            scheduler=args.scheduler,
-            **{kwarg: getattr(args, kwarg) for _, kwarg, *_ in STAGE_FLAGS},
+            **sampling_kwargs(args),
         )
         for meta in result.metadata:
             meta["version"] = __version__
@@ -321,8 +335,7 @@ def run_eval_shapes(args) -> int:
         batch_size=args.batch_size,
         save=save if out else None,
         progress=not args.quiet,
-        scheduler=args.scheduler,
-        **{kwarg: getattr(args, kwarg) for _, kwarg, *_ in STAGE_FLAGS},
+        **sampling_kwargs(args),
     )
     print(shapes_eval.format_table(evaluation.summary()))
     report = {"version": __version__, **evaluation.report()}
@@ -363,8 +376,7 @@ def run_batch(args) -> int:
         seed=args.seed,
         size=args.size,
         negative_prompt=args.negative_prompt,
-        stage_kwargs={kwarg: getattr(args, kwarg) for _, kwarg, *_ in STAGE_FLAGS},
-        scheduler=args.scheduler,
+        sampling=sampling_kwargs(args),
         dtype=args.dtype,
         batch_size=args.batch_size,
         device=args.device,

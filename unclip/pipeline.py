@@ -74,6 +74,27 @@ class TextConditioning:
         half = self.embeds.shape[0] // 2
         return TextConditioning(self.embeds[half:], self.hidden_states[half:], self.mask[half:], False)
 
+    def prompt_embeds(self) -> torch.Tensor:
+        """z_t of the prompts (not the negatives)."""
+        return self.rows(False).embeds
+
+    def repeat(self, n: int) -> TextConditioning:
+        """Each row ``n`` times in a row (``[negative; prompt]`` halves kept)."""
+        return TextConditioning(
+            *(x.repeat_interleave(n, dim=0) for x in (self.embeds, self.hidden_states, self.mask)), self.doubled
+        )
+
+
+def _fork(generator: torch.Generator, j: int) -> torch.Generator:
+    """A generator for draw ``j`` of an image: seeded from the image generator's initial seed and j."""
+    seed = (generator.initial_seed() * 0x9E3779B97F4A7C15 + j) % 2**63
+    return torch.Generator(generator.device).manual_seed(seed)
+
+
+def clip_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The dot product of CLIP embeddings as CLIP scores them: of their unit vectors (cosine similarity)."""
+    return F.cosine_similarity(a.float(), b.float(), dim=-1)
+
 
 def tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP tokens padded to the tokenizer's 77; warns once per text that is truncated."""
@@ -274,10 +295,24 @@ class UnCLIPCascade(DiffusionPipeline):
         hidden = torch.cat([encoded[text].last_hidden_state for text in texts])
         return TextConditioning(embeds, hidden, mask.to(device), negatives is not None)
 
-    def run_prior(self, text: TextConditioning, s: StageSettings, generators, batch: int) -> torch.Tensor:
-        """Sample CLIP image embeddings z_i ~ P(z_i | y) (DALL·E 2 §2.2)."""
+    def run_prior(
+        self, text: TextConditioning, s: StageSettings, generators, batch: int, samples: int = 1
+    ) -> torch.Tensor:
+        """Sample CLIP image embeddings z_i ~ P(z_i | y) (DALL·E 2 §2.2).
+
+        ``samples`` > 1: the paper's best-of-n (§2.2: "we generate two samples of z_i and select the one with
+        the higher dot product with z_t"): image k draws ``samples`` embeddings and keeps the one whose
+        direction is closest to its text embedding z_t. Draw 0 uses the image's generator, draw j a generator
+        seeded from (its initial seed, j): so the image is the one ``samples=1`` makes unless another draw
+        is closer to the text."""
         if self.prior is None:
             raise UnclipError("this model has no prior (an image-variations layout): it cannot start from text")
+        if samples > 1:
+            draws = [g if j == 0 else _fork(g, j) for g in generators for j in range(samples)]
+            candidates = self.run_prior(text.repeat(samples), s, draws, batch * samples)
+            candidates = candidates.view(batch, samples, -1)
+            best = clip_similarity(candidates, text.prompt_embeds()[:, None]).argmax(dim=1)
+            return candidates[torch.arange(batch, device=best.device), best]
         rows = text.rows(uses_guidance(s.guidance))
         denoiser = guided(PriorDenoiser(self.prior, rows.embeds, rows.hidden_states, rows.mask), s.guidance)
         x_T = initial_noise((batch, self.prior.config.embedding_dim), generators, rows.embeds.device, rows.embeds.dtype)
@@ -379,6 +414,7 @@ class UnCLIPCascade(DiffusionPipeline):
         super_res_noise_level: int | None = None,
         upscale_noise_level: int | None = None,
         scheduler: str | dict[str, str] | None = None,
+        prior_samples: int = 1,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> CascadeOutput | tuple:
@@ -392,6 +428,8 @@ class UnCLIPCascade(DiffusionPipeline):
             generator: diffusers-style alternative: one generator (for the whole batch) or one per image.
             size: 64, 256 or 1024 (default: the largest the model makes); the cascade stops there.
             scheduler: one name for every stage, or ``{stage: name}`` (see ``unclip.schedulers``).
+            prior_samples: best-of-n prior (DALL·E 2 §2.2): draw this many z_i per image, keep the one closest
+                to z_t; its cosine similarity goes into the metadata as ``prior_score``.
             output_type: ``pil``, ``np`` or ``pt``.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -399,6 +437,8 @@ class UnCLIPCascade(DiffusionPipeline):
             raise UnclipError('the prompt is empty: give a text such as "a corgi playing a trumpet"')
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise UnclipError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt!r}")
+        if not isinstance(prior_samples, int) or prior_samples < 1:
+            raise UnclipError(f"prior_samples must be ≥ 1, got {prior_samples!r}")
         if output_type not in OUTPUT_TYPES:
             raise UnclipError(f"unknown output_type '{output_type}'; choose one of: {', '.join(OUTPUT_TYPES)}")
         size = size or self.max_size
@@ -446,7 +486,8 @@ class UnCLIPCascade(DiffusionPipeline):
 
         needs_uncond = uses_guidance(settings["prior"].guidance) or uses_guidance(settings["decoder"].guidance)
         text = self.encode_text(per_image, negatives if needs_uncond else None, device)
-        image_embeds = _check_finite("prior", self.run_prior(text, settings["prior"], generators, batch))
+        image_embeds = _check_finite("prior", self.run_prior(text, settings["prior"], generators, batch, prior_samples))
+        prior_scores = clip_similarity(image_embeds, text.prompt_embeds()).tolist()
         x = _check_finite("decoder", self.run_decoder(image_embeds, text, settings["decoder"], generators))
         if "sr256" in stages_run:
             x = _check_finite("sr256", self.run_sr256(x, settings["sr256"], generators))
@@ -463,7 +504,15 @@ class UnCLIPCascade(DiffusionPipeline):
             "stages": {stage: dataclasses.asdict(settings[stage]) for stage in stages_run},
         }
         metadata = [
-            {"prompt": per_image[k], "negative_prompt": negatives[k], "seed": seeds[k], "index": k, **common}
+            {
+                "prompt": per_image[k],
+                "negative_prompt": negatives[k],
+                "seed": seeds[k],
+                "index": k,
+                **common,
+                "prior_samples": prior_samples,
+                "prior_score": round(prior_scores[k], 4),
+            }
             for k in range(batch)
         ]
         return CascadeOutput(images=images, metadata=metadata) if return_dict else (images, metadata)

@@ -45,8 +45,7 @@ class Request:
     seed: int = 0
     size: int | None = None
     negative_prompt: str | None = None
-    stage_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # UnCLIPCascade.__call__ keywords
-    scheduler: dict[str, str] | str | None = None
+    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)  # UnCLIPCascade.__call__ keywords
     dtype: str = "auto"  # auto | fp16 | bf16 | fp32
     batch_size: int = 4
     device: str = "auto"
@@ -129,8 +128,7 @@ def run(request: Request) -> Summary | None:
         "model": request.model,
         "size": request.size or config.max_size,
         "negative_prompt": request.negative_prompt,
-        "stages": {k: v for k, v in sorted(request.stage_kwargs.items()) if v is not None},
-        "scheduler": request.scheduler,
+        "sampling": {k: v for k, v in sorted(request.sampling.items()) if v is not None},
         "dtype": str(dtype).removeprefix("torch."),
     }
     command = {
@@ -167,7 +165,7 @@ def run(request: Request) -> Summary | None:
         pipe = UnCLIPCascade.from_config(config, torch_dtype=dtype).to(device)
         pipe.set_attention(request.attention)
         pipe.set_progress_bar_config(disable=True)
-    call_kwargs = {**request.stage_kwargs, "scheduler": request.scheduler, "negative_prompt": request.negative_prompt}
+    call_kwargs = {**request.sampling, "negative_prompt": request.negative_prompt}
     if request.size:
         call_kwargs["size"] = request.size
     bar = None
