@@ -158,3 +158,35 @@ def test_a_folder_of_neither_layout_is_refused(tmp_path, karlo_dir):
     with pytest.raises(UnclipError, match="odd is no known layout") as error:
         UnCLIPCascade.from_config(yaml_file)
     assert "\n" not in str(error.value) and "x4" in str(error.value) and "pixel" in str(error.value)
+
+
+def test_start_runs_the_late_steps_from_the_noised_low_res_image(pixel_cascade, cascade):
+    """SDEdit for the upsamplers: only the timesteps ≤ start run, from x_t = √ᾱ_t low_res + √(1−ᾱ_t) x_T."""
+    from unclip.sampling import sample
+    from unclip.schedulers import make_scheduler
+
+    scheduler = make_scheduler("ddim", pixel_cascade.super_res_scheduler)
+    init = torch.rand(1, 3, 8, 8) * 2 - 1
+    x_T = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def oracle(x, t, i):  # the exact ε for init: the sampler must then return init
+        seen.append((int(t), i))
+        a = scheduler.alphas_cumprod[int(t)]
+        return (x - a.sqrt() * init) / (1 - a).sqrt()
+
+    out = sample(oracle, scheduler, x_T, 6, [torch.Generator()], init=init, start=500)
+    assert seen and all(t <= 500 for t, _ in seen) and len(seen) < 6  # only the late steps
+    assert [i for _, i in seen] == list(range(6 - len(seen), 6))  # numbered as in the full schedule
+    assert (out - init).abs().max() < 0.05  # (DDIM ends at ᾱ_0 < 1, not at x_0 exactly)
+    with pytest.raises(UnclipError, match="start 10 is below every one of the 2 timesteps"):
+        sample(oracle, scheduler, x_T, 2, [torch.Generator()], init=init, start=10)
+    # through the cascade: a 256 px image from 64 px with the 64→256 stage started late, and the checks
+    kwargs = dict(seed=0, size=256, output_type="np", **FAST)
+    late = pixel_cascade("a cat", super_res_start=600, **{**kwargs, "super_res_num_inference_steps": 4}).images
+    assert late.shape == (1, 256, 256, 3) and np.isfinite(late).all()
+    assert pixel_cascade("a cat", **kwargs).metadata[0]["stages"]["sr256"]["start"] == 0
+    with pytest.raises(UnclipError, match="x4 upscaler starts from noise"):
+        cascade("a cat", seed=0, size=1024, upscale_start=100)
+    with pytest.raises(UnclipError, match="decoder: start applies to the pixel upsamplers"):
+        pixel_cascade.stage_settings({"decoder": {"start": 5}})

@@ -63,7 +63,8 @@ def _at_least(minimum: float, kind: type = int, what: str = "", unit: str = "") 
 _positive_int = _at_least(1)
 _guidance = _at_least(0, float, "guidance")
 _level = _at_least(0, int, "noise level")
-_workers = _at_least(0)
+_non_negative = _at_least(0)
+_workers = _non_negative
 _image_side = _at_least(32, int, unit=" pixels")
 
 
@@ -93,6 +94,10 @@ STAGE_FLAGS = [
     ("--noise-level", "upscale_noise_level", "sr1024", "noise_level", _level,
      "256→1024 low-res noise level: ≤ 350 (x4 upscaler), ≤ 999 (pixel upsampler)"),  # fmt: skip
     ("--sr-noise-level", "super_res_noise_level", "sr256", "noise_level", _level, "64→256 low-res noise level"),
+    ("--sr-start", "super_res_start", "sr256", "start", _non_negative,
+     "64→256: start at this timestep from the noised low-res image (SDEdit); 0: from pure noise"),  # fmt: skip
+    ("--upscale-start", "upscale_start", "sr1024", "start", _non_negative,
+     "256→1024 (pixel upsampler): start at this timestep from the noised low-res image; 0: from noise"),  # fmt: skip
 ]
 
 

@@ -35,6 +35,7 @@ class StageSettings:
     guidance: float = 1.0
     scheduler: str = "default"
     noise_level: int = 0  # upsamplers only: augmentation level of the low-res input
+    start: int = 0  # pixel upsamplers only: > 0 starts at this timestep from the noised low-res image (SDEdit)
 
     def validate(self, stage: str) -> None:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -43,6 +44,8 @@ class StageSettings:
             raise UnclipError(f"{stage} guidance must be a number ≥ 0, got {self.guidance!r}")
         if not isinstance(self.noise_level, int) or self.noise_level < 0:
             raise UnclipError(f"{stage} noise_level must be a whole number ≥ 0, got {self.noise_level!r}")
+        if not isinstance(self.start, int) or isinstance(self.start, bool) or self.start < 0:
+            raise UnclipError(f"{stage} start must be a whole number ≥ 0 (0: from pure noise), got {self.start!r}")
 
 
 def karlo_defaults() -> dict[str, StageSettings]:

@@ -261,6 +261,11 @@ class UnCLIPCascade(DiffusionPipeline):
                     f"{stage}: the UnCLIP scheduler needs steps ≥ 2, got {settings[stage].steps}; "
                     "for one step choose the ddim scheduler"
                 )
+        for stage in ("prior", "decoder"):
+            if settings[stage].start:
+                raise UnclipError(f"{stage}: start applies to the pixel upsamplers (sr256, sr1024) only")
+        if "sr1024" in stages and settings["sr1024"].start and self.upscaler_layout == "x4":
+            raise UnclipError("sr1024: start applies to pixel upsamplers; the x4 upscaler starts from noise")
         for stage in ("sr256", "sr1024"):
             limit = self._max_noise_level(stage)
             if stage in stages and settings[stage].noise_level > limit:
@@ -346,7 +351,9 @@ class UnCLIPCascade(DiffusionPipeline):
         x_T, low_res = _pixel_upsampler_inputs(image, self.super_res_first, s, generators)
         scheduler = make_scheduler(s.scheduler, self.super_res_scheduler)
         denoiser = SuperResDenoiser(self.super_res_first, self.super_res_last, low_res, s.steps)
-        return sample(denoiser, scheduler, x_T, s.steps, generators, desc="sr256", progress=self._progress)
+        return sample(
+            denoiser, scheduler, x_T, s.steps, generators, desc="sr256", progress=self._progress, **_start(s, low_res)
+        )
 
     def run_sr1024(
         self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators
@@ -362,7 +369,9 @@ class UnCLIPCascade(DiffusionPipeline):
         x_T, low_res = _pixel_upsampler_inputs(image.clamp(-1, 1), self.upscaler_unet, s, generators)
         scheduler = make_scheduler(s.scheduler, self.upscaler_scheduler)
         denoiser = PixelUpsamplerDenoiser(self.upscaler_unet, low_res)
-        return sample(denoiser, scheduler, x_T, s.steps, generators, desc="sr1024", progress=self._progress)
+        return sample(
+            denoiser, scheduler, x_T, s.steps, generators, desc="sr1024", progress=self._progress, **_start(s, low_res)
+        )
 
     def run_x4_sr1024(
         self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators
@@ -413,6 +422,8 @@ class UnCLIPCascade(DiffusionPipeline):
         upscale_guidance_scale: float | None = None,
         super_res_noise_level: int | None = None,
         upscale_noise_level: int | None = None,
+        super_res_start: int | None = None,
+        upscale_start: int | None = None,
         scheduler: str | dict[str, str] | None = None,
         prior_samples: int = 1,
         output_type: str = "pil",
@@ -428,6 +439,8 @@ class UnCLIPCascade(DiffusionPipeline):
             generator: diffusers-style alternative: one generator (for the whole batch) or one per image.
             size: 64, 256 or 1024 (default: the largest the model makes); the cascade stops there.
             scheduler: one name for every stage, or ``{stage: name}`` (see ``unclip.schedulers``).
+            super_res_start, upscale_start: pixel upsamplers only: > 0 runs only the steps at timesteps ≤ this,
+                from the noised low-res image (SDEdit) rather than pure noise at T.
             prior_samples: best-of-n prior (DALL·E 2 §2.2): draw this many z_i per image, keep the one closest
                 to z_t; its cosine similarity goes into the metadata as ``prior_score``.
             output_type: ``pil``, ``np`` or ``pt``.
@@ -464,12 +477,14 @@ class UnCLIPCascade(DiffusionPipeline):
                 "sr256": dict(
                     steps=super_res_num_inference_steps,
                     noise_level=super_res_noise_level,
+                    start=super_res_start,
                     scheduler=schedulers.get("sr256"),
                 ),
                 "sr1024": dict(
                     steps=upscale_num_inference_steps,
                     guidance=upscale_guidance_scale,
                     noise_level=upscale_noise_level,
+                    start=upscale_start,
                     scheduler=schedulers.get("sr1024"),
                 ),
             },
@@ -543,6 +558,11 @@ def _pixel_upsampler_inputs(
         schedule = DDPMScheduler(num_train_timesteps=AUGMENTATION_TIMESTEPS, beta_schedule="squaredcos_cap_v2")
         low_res = _augment(low_res, s.noise_level, schedule, generators)
     return x_T, low_res
+
+
+def _start(s: StageSettings, low_res: torch.Tensor) -> dict[str, Any]:
+    """``sample``'s SDEdit arguments for an upsampler: start from the (clean) upsampled low-res image."""
+    return {"init": low_res.clamp(-1, 1), "start": s.start} if s.start > 0 else {}
 
 
 def _augment(image: torch.Tensor, level, scheduler, generators) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from diffusers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from unclip.errors import UnclipError
 from unclip.guidance import Denoiser
 from unclip.schedulers import uses_learned_variance
 
@@ -37,15 +38,29 @@ def sample(
     desc: str = "",
     progress: Progress | None = None,
     step_kwargs: dict | None = None,
+    init: torch.Tensor | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
-    """Run the reverse process from x_T for ``num_steps`` steps of ``scheduler``; returns x_0."""
+    """Run the reverse process from x_T for ``num_steps`` steps of ``scheduler``; returns x_0.
+
+    ``start`` > 0 with an ``init`` image (SDEdit, Meng et al. 2022): only the steps at timesteps ≤ ``start``
+    run, from x_t = √ᾱ_t init + √(1 − ᾱ_t) x_T at the first of them (DDPM eq. 4) instead of pure noise."""
     scheduler.set_timesteps(num_steps, device=x_T.device)
     timesteps = scheduler.timesteps
     step_params = inspect.signature(scheduler.step).parameters
     x = x_T * scheduler.init_noise_sigma
+    first = 0  # the index of the first step run, in the full list of timesteps
+    if start > 0:
+        first = int((timesteps > start).sum())
+        if first == len(timesteps):
+            raise UnclipError(f"start {start} is below every one of the {num_steps} timesteps: raise start or steps")
+        if hasattr(scheduler, "set_begin_index"):  # multistep solvers count their steps from here
+            scheduler.set_begin_index(first)
+        x = scheduler.add_noise(init, x_T, timesteps[first : first + 1])
+        timesteps = timesteps[first:]
     keep_variance = uses_learned_variance(scheduler)
     for i, t in enumerate(progress(timesteps, desc) if progress else timesteps):
-        model_output = denoiser(scheduler.scale_model_input(x, t), t, i)
+        model_output = denoiser(scheduler.scale_model_input(x, t), t, first + i)
         if model_output.shape[1] != x.shape[1] and not keep_variance:
             model_output = model_output[:, : x.shape[1]]  # drop the learned variance the sampler doesn't use
         kwargs = dict(step_kwargs or {})
