@@ -188,5 +188,7 @@ def test_start_runs_the_late_steps_from_the_noised_low_res_image(pixel_cascade, 
     assert pixel_cascade("a cat", **kwargs).metadata[0]["stages"]["sr256"]["start"] == 0
     with pytest.raises(UnclipError, match="x4 upscaler starts from noise"):
         cascade("a cat", seed=0, size=1024, upscale_start=100)
+    with pytest.raises(UnclipError, match=r"sr256: start 10 is below every one of its 2 timesteps \("):
+        pixel_cascade.stage_settings({"sr256": {"start": 10, "steps": 2, "scheduler": "ddim"}})
     with pytest.raises(UnclipError, match="decoder: start applies to the pixel upsamplers"):
         pixel_cascade.stage_settings({"decoder": {"start": 5}})

@@ -261,6 +261,14 @@ class UnCLIPCascade(DiffusionPipeline):
                     f"{stage}: the UnCLIP scheduler needs steps ≥ 2, got {settings[stage].steps}; "
                     "for one step choose the ddim scheduler"
                 )
+            start = settings[stage].start
+            if start > 0 and stage in ("sr256", "sr1024"):  # fail now, not after the prior and decoder ran
+                scheduler.set_timesteps(settings[stage].steps)
+                if not (scheduler.timesteps <= start).any():
+                    raise UnclipError(
+                        f"{stage}: start {start} is below every one of its {settings[stage].steps} timesteps "
+                        f"({', '.join(str(int(t)) for t in scheduler.timesteps)}): raise start or steps"
+                    )
         for stage in ("prior", "decoder"):
             if settings[stage].start:
                 raise UnclipError(f"{stage}: start applies to the pixel upsamplers (sr256, sr1024) only")
