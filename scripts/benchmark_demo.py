@@ -39,7 +39,9 @@ def time_command(model: str, size: int, runs: int) -> list[float]:
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(runs):
-            argv = ["unclip", "generate", PROMPT, "--model", model, "--size", str(size), "--seed", str(k)]
+            # the `unclip` console script of this environment, whether or not it is on PATH
+            argv = [sys.executable, "-m", "unclip.cli", "generate", PROMPT, "--model", model, "--size", str(size)]
+            argv += ["--seed", str(k)]
             start = time.perf_counter()
             subprocess.run([*argv, "--out", tmp, "--quiet"], check=True, stdout=subprocess.DEVNULL)
             times.append(time.perf_counter() - start)
