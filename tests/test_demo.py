@@ -86,6 +86,9 @@ def test_demo_preset_loads_the_shipped_model_offline():
     assert pipe.model_config.name == "demo" and pipe.upscaler_layout == "pixel" and pipe.max_size == 1024
     assert Path(pipe.model_config.unclip) == DEMO / "unclip"
     assert pipe.decoder.dtype == torch.float32  # fp16 on disk, fp32 on a CPU by default
+    from unclip.config import load_model_config
+
+    assert load_model_config(DEMO / "model.yaml").stages == pipe.model_config.stages  # one set of settings
 
 
 def test_the_readme_main_command_writes_its_picture_offline(tmp_path):
