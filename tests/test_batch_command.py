@@ -120,5 +120,7 @@ def test_two_processes_make_the_same_images_as_one(tmp_path, prompts, model_yaml
     assert all(abs(a - b) < 1e-3 for a, b in scores)  # up to the rounding of other batches
     for name in _expected_ids():
         a, b = (np.asarray(Image.open(folder / name), dtype=int) for folder in (one, two))
-        difference = np.abs(a - b)  # batches differ (2 processes), so float rounding may (see test_cli)
-        assert difference.max() <= 4 and difference.mean() < 0.1
+        # batches differ (2 processes), so float rounding may, amplified by random tiny weights to a few grey
+        # levels in a few pixels (7 levels in one pixel seen); another seed's image differs by ~100 everywhere
+        difference = np.abs(a - b)
+        assert difference.mean() < 0.1 and (difference > 2).mean() < 0.01

@@ -244,7 +244,8 @@ def test_eval_shapes_bad_flags(tmp_path, karlo_dir, capsys):
     assert "needs an upscaler" in _error(capsys, ["eval", "shapes", "--model", str(model), "--size", "1024"])
     assert "--seed must be ≥ 0" in _error(capsys, ["eval", "shapes", "--model", str(model), "--seed", "-1"])
     assert "invalid choice" in _error(capsys, ["eval", "shapes", "--model", str(model), "--size", "128"])
-    assert "required" in _error(capsys, ["eval", "shapes"])
+    assert "--n: must be ≥ 1, got 0" in _error(capsys, ["eval", "shapes", "--n", "0"])  # --model: demo by default
+    assert "unknown model 'nope'" in _error(capsys, ["eval", "shapes", "--model", "nope"])
 
 
 def test_checker_survives_any_image():
