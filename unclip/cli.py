@@ -165,19 +165,23 @@ def sampling_kwargs(args) -> dict:
 
 
 def _device_and_dtype(args):
+    return resolve_device_and_dtype(args.device, args.dtype)
+
+
+def resolve_device_and_dtype(name: str, dtype_name: str):
     """``--device`` and ``--dtype`` resolved: auto is CUDA in fp16 when there is a GPU, else CPU in fp32."""
     import torch
 
-    device = args.device
+    device = name
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise UnclipError(f"unknown device '{args.device}': use auto, cpu, cuda or cuda:N") from None
+        raise UnclipError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UnclipError("--device cuda but no CUDA GPU is visible: use --device cpu")
-    dtype = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+    dtype = dtype_name if dtype_name != "auto" else ("fp16" if device.type == "cuda" else "fp32")
     if dtype == "fp16" and device.type == "cpu":
         raise UnclipError("--dtype fp16 needs a CUDA GPU: use --dtype fp32 (or bf16) on CPU")
     return device, getattr(torch, DTYPES[dtype])
@@ -369,8 +373,6 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_batch(args) -> int:
-    if args.seed < 0:
-        raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
     from unclip.batch.command import Request, run
 
     request = Request(

@@ -79,14 +79,11 @@ def _state():
 
 
 def _device_and_dtype(request: Request, state) -> tuple[torch.device, torch.dtype]:
-    device = state.device if (request.device == "auto" and state.num_processes > 1) else None
-    if device is None:
-        name = request.device if request.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(name)
-    dtype = request.dtype if request.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")
-    if dtype == "fp16" and device.type == "cpu":
-        raise UnclipError("--dtype fp16 needs a CUDA GPU: use --dtype fp32 (or bf16) on CPU")
-    return device, {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    """``generate``'s resolution of --device and --dtype; under accelerate, auto is this process's device."""
+    from unclip.cli import resolve_device_and_dtype
+
+    several = request.device == "auto" and state.num_processes > 1
+    return resolve_device_and_dtype(str(state.device) if several else request.device, request.dtype)
 
 
 def _count_parts(out: Path) -> int:

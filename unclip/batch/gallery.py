@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from unclip.batch.store import write_atomically
 
 GRIDS = "grids"
 CELL = 256  # pixels per image in a grid
@@ -33,17 +34,13 @@ def grid(images: list[Image.Image], columns: int = 4, cell: int = CELL) -> Image
     return sheet
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _row_html(row: int, lines: list[dict[str, Any]]) -> str:
     first = lines[0]
-    negative = f'<div class="neg">negative: {html.escape(first["negative_prompt"])}</div>' if first.get(
-        "negative_prompt"
-    ) else ""
+    negative = (
+        f'<div class="neg">negative: {html.escape(first["negative_prompt"])}</div>'
+        if first.get("negative_prompt")
+        else ""
+    )
     cells = "".join(
         f'<figure><a href="{html.escape(line["file_name"])}"><img src="{html.escape(line["file_name"])}" '
         f'loading="lazy" width="128" height="128"></a><figcaption>{html.escape(line["id"])} · seed '
@@ -74,10 +71,10 @@ def write_gallery(out: Path, lines: dict[str, dict[str, Any]]) -> None:
             with Image.open(out / line["file_name"]) as image:
                 images.append(image.convert("RGB"))
         sheet = grid(images)
-        _atomic(out / GRIDS / f"{row:05d}.png", lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
+        write_atomically(out / GRIDS / f"{row:05d}.png", lambda handle, sheet=sheet: sheet.save(handle, format="PNG"))
         sections.append(_row_html(row, same))
     page = (
         f"<!doctype html><meta charset=utf-8><title>unclip batch: {html.escape(out.name)}</title>"
         f"<style>{STYLE}</style><h1>{html.escape(out.name)}: {len(ordered)} images</h1>" + "".join(sections)
     )
-    _atomic(out / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    write_atomically(out / "index.html", lambda handle: handle.write(page.encode("utf-8")))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from unclip.batch.plan import Job
+from unclip.batch.store import write_atomically
 from unclip.errors import UnclipError
 
 RUN_FILE = "run.json"
@@ -35,9 +36,8 @@ def fingerprint(job: Job, settings: dict[str, Any]) -> str:
 
 
 def write_command(out: Path, command: dict[str, Any]) -> None:
-    tmp = out / f".{RUN_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(command, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out / RUN_FILE)
+    text = json.dumps(command, indent=1, sort_keys=True) + "\n"
+    write_atomically(out / RUN_FILE, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -28,28 +29,29 @@ PARTS = ".parts"
 TEXT_KEY = "unclip"  # the PNG text chunk holding the image's metadata line
 
 
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-    directory = os.open(final.parent, os.O_RDONLY)
+def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """``write(handle)`` into ``.<name>.tmp-<pid>`` beside ``path``, flush it to disk, rename it to ``path``:
+    a reader (or a crash) sees the old file or the whole new one, never part of it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+    return path
 
 
 def write_image(folder: Path, image_id: str, image: Image.Image, meta: dict[str, Any]) -> Path:
     """Write ``<id>.png`` atomically, with ``meta`` (which must hold ``file_name``) in its text chunks."""
-    final = folder / f"{image_id}.png"
-    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
     info = PngInfo()
     info.add_text("parameters", a1111_parameters(meta))
     info.add_text(TEXT_KEY, json.dumps(meta))
-    with open(tmp, "wb") as handle:
-        image.save(handle, format="PNG", pnginfo=info)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _fsync_replace(tmp, final)
-    return final
+    return write_atomically(folder / f"{image_id}.png", lambda handle: image.save(handle, format="PNG", pnginfo=info))
 
 
 def append_line(folder: Path, rank: int, meta: dict[str, Any]) -> None:
@@ -106,13 +108,8 @@ def repair(folder: Path) -> dict[str, dict[str, Any]]:
         if line is None:  # not one of ours, or unreadable: left alone, and not counted as finished
             continue
         lines[name] = line
-    tmp = folder / f".{METADATA}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for name in sorted(lines):
-            handle.write(json.dumps(lines[name]) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    _fsync_replace(tmp, folder / METADATA)
+    text = "".join(json.dumps(lines[name]) + "\n" for name in sorted(lines))
+    write_atomically(folder / METADATA, lambda handle: handle.write(text.encode("utf-8")))
     for path in parts:
         path.unlink(missing_ok=True)
     return lines
