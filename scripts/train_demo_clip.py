@@ -162,5 +162,6 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_entry_point(train_and_report)
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -180,14 +180,14 @@ def test_best_of_n_prior_keeps_the_sample_closest_to_the_text(cascade):
     """DALL·E 2 §2.2: n embeddings per image (draw 0 from the image's generator, draw j from a fork); the kept
     one has the highest dot product (of unit vectors) with z_t."""
     from unclip.config import StageSettings
-    from unclip.pipeline import _fork, clip_similarity
+    from unclip.pipeline_utils import clip_similarity, fork_generator
 
     s = StageSettings(steps=3, guidance=4.0, scheduler="default")
     text = cascade.encode_text(["a cat", "a dog"], ["", ""], torch.device("cpu"))
 
     def gens(repeat=1):
         images = [torch.Generator().manual_seed(seed) for seed in (1, 2)]
-        return [g if j == 0 else _fork(g, j) for g in images for j in range(repeat)]
+        return [g if j == 0 else fork_generator(g, j) for g in images for j in range(repeat)]
 
     with torch.no_grad():
         best = cascade.run_prior(text, s, gens(), 2, samples=3)

@@ -112,3 +112,65 @@ def test_the_readme_main_command_writes_its_picture_offline(tmp_path):
     result = check(image, expected)
     assert result.correct["background"] and result.correct["size"], result
     assert 0.05 < result.detected.area < 0.5  # one shape, not noise or an empty picture
+
+
+# ------------------------------------------------------------------------------ the paper's edits, on the demo
+def _rendered(attributes, seed=0):
+    """A clean shapes picture, as the dataset draws it (what a user's own image of the grammar looks like)."""
+    import numpy as np
+
+    from unclip.demo.shapes import place, render
+
+    pixels = render(place(attributes, np.random.default_rng(seed)), 256)
+    return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+
+
+@pytest.fixture(scope="module")
+def demo():
+    pipe = UnCLIPCascade.from_config("demo")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+EDITED = [
+    ("circle", "red", "blue", "top left"),
+    ("square", "yellow", "black", "bottom right"),
+    ("triangle", "white", "green", "center"),
+]
+
+
+@pytest.mark.parametrize("shape, colour, background, position", EDITED)
+def test_inverted_variations_of_a_demo_picture_keep_its_shape_and_colour(demo, shape, colour, background, position):
+    """Issue 5's "a variation keeps its shape and colour", read back from the pixels by the shapes checker."""
+    from unclip.demo.checker import check
+
+    attributes = _attributes(shape, colour, background, position)
+    picture = _rendered(attributes)
+    again = demo.vary(picture, invert=True, eta=0.0, seed=0, size=64, output_type="pt").images[0]
+    small = torch.nn.functional.interpolate(picture[None], size=64, mode="area")[0]
+    assert (again - small).abs().mean() < 0.03  # η = 0: the picture itself, through inversion and back
+    for image in demo.vary(picture, invert=True, eta=0.5, num_images_per_prompt=2, seed=0, size=64).images:
+        result = check(image, attributes)
+        assert result.correct["colour"] and result.correct["shape"] and result.correct["background"], result
+
+
+def test_the_edit_commands_run_on_the_demo(tmp_path):
+    from PIL import Image
+
+    from unclip.cli import main
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray((_rendered(_attributes(*EDITED[0])) * 255).round().byte().permute(1, 2, 0).numpy()).save(photo)
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--size", "64", "--quiet"]
+    assert main(["vary", str(photo), "--num-images", "2", *common]) == 0
+    assert main(["interpolate", str(photo), "a small green square in the center on a white background",
+                 "--frames", "3", "--gif", *common]) == 0  # fmt: skip
+    assert main(["diff", str(photo), "--from", "a red circle", "--to", "a red square", "--frames", "2", *common]) == 0
+    assert len(list(out.glob("*.png"))) == 2 + 3 + 2 and len(list(out.glob("*.gif"))) == 1
+
+
+def _attributes(shape, colour, background, position):
+    from unclip.demo.shapes import Attributes
+
+    return Attributes(shape=shape, colour=colour, background=background, size="large", position=position)

@@ -22,6 +22,10 @@ def test_presets_load():
     assert (config.stages["prior"].steps, config.stages["decoder"].guidance) == (25, 8.0)
     assert config.stages["sr1024"].noise_level == 20 and config.max_size == 1024
     assert load_model_config("karlo").max_size == 256
+    assert config.image_encoder == load_model_config("karlo").image_encoder == "hf:openai/clip-vit-large-patch14"
+    variations = load_model_config("karlo-variations")
+    assert variations.unclip == "kakaobrain/karlo-v1-alpha-image-variations" and variations.image_encoder is None
+    assert load_model_config("demo").image_encoder.endswith("models/demo/clip/image_encoder")
 
 
 def test_hub_layout_with_unclip_library_entry(karlo_dir, cascade):

@@ -190,5 +190,6 @@ def test_start_runs_the_late_steps_from_the_noised_low_res_image(pixel_cascade, 
         cascade("a cat", seed=0, size=1024, upscale_start=100)
     with pytest.raises(UnclipError, match=r"sr256: start 10 is below every one of its 2 timesteps \("):
         pixel_cascade.stage_settings({"sr256": {"start": 10, "steps": 2, "scheduler": "ddim"}})
-    with pytest.raises(UnclipError, match="decoder: start applies to the pixel upsamplers"):
-        pixel_cascade.stage_settings({"decoder": {"start": 5}})
+    with pytest.raises(UnclipError, match="prior: start applies to the decoder"):
+        pixel_cascade.stage_settings({"prior": {"start": 5}})
+    assert pixel_cascade.stage_settings({"decoder": {"start": 5}})["decoder"].start == 5  # the edits' inversion depth

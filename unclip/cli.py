@@ -16,211 +16,54 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from unclip.config import STAGES, karlo_defaults
+from unclip import cli_edits
+from unclip.cli_args import (
+    DTYPES,
+    Formatter,
+    Parser,
+    add_pipeline_args,
+    add_sampling_args,
+    device_and_dtype,
+    image_side,
+    load_pipeline,
+    positive_int,
+    sampling_kwargs,
+    save_result,
+    workers,
+)
 from unclip.errors import UnclipError, run_entry_point
-from unclip.schedulers import SCHEDULERS
-
-DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-
-
-class _Formatter(argparse.HelpFormatter):
-    """Shows a default only where there is one."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if (
-            action.default is not None
-            and action.default is not False
-            and action.default != argparse.SUPPRESS
-            and "default" not in text
-        ):
-            text += " (default: %(default)s)"
-        return text
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
-
-
-def _at_least(minimum: float, kind: type = int, what: str = "", unit: str = "") -> Callable[[str], Any]:
-    """An argparse type: ``kind(text)``, refused below ``minimum`` as "[what] must be ≥ minimum[unit], got v"."""
-
-    def parse(text: str):
-        value = kind(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{what + ' ' if what else ''}must be ≥ {minimum}{unit}, got {value}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
-    return parse
-
-
-_positive_int = _at_least(1)
-_guidance = _at_least(0, float, "guidance")
-_level = _at_least(0, int, "noise level")
-_non_negative = _at_least(0)
-_workers = _non_negative
-_image_side = _at_least(32, int, unit=" pixels")
-
-
-def _schedulers(text: str) -> dict[str, str]:
-    """``dpmpp`` for every stage, or ``prior=ddim,sr1024=dpmpp`` per stage."""
-    if "=" not in text:
-        pairs = {stage: text for stage in STAGES}
-    else:
-        pairs = dict(item.split("=", 1) for item in text.split(",") if item)
-    for stage, name in pairs.items():
-        if stage not in STAGES:
-            raise argparse.ArgumentTypeError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
-        if name not in SCHEDULERS:
-            raise argparse.ArgumentTypeError(f"unknown scheduler '{name}'; choose one of: {', '.join(SCHEDULERS)}")
-    return pairs
-
-
-# flag, UnCLIPCascade.__call__ keyword, stage, StageSettings field, type, help
-STAGE_FLAGS = [
-    ("--prior-steps", "prior_num_inference_steps", "prior", "steps", _positive_int, "prior steps"),
-    ("--decoder-steps", "decoder_num_inference_steps", "decoder", "steps", _positive_int, "64 px decoder steps"),
-    ("--sr-steps", "super_res_num_inference_steps", "sr256", "steps", _positive_int, "64→256 steps"),
-    ("--upscale-steps", "upscale_num_inference_steps", "sr1024", "steps", _positive_int, "256→1024 steps"),
-    ("--prior-guidance", "prior_guidance_scale", "prior", "guidance", _guidance, "prior guidance scale, ≤ 1 is off"),
-    ("--decoder-guidance", "decoder_guidance_scale", "decoder", "guidance", _guidance, "decoder guidance scale"),
-    ("--upscale-guidance", "upscale_guidance_scale", "sr1024", "guidance", _guidance, "256→1024 guidance scale"),
-    ("--noise-level", "upscale_noise_level", "sr1024", "noise_level", _level,
-     "256→1024 low-res noise level: ≤ 350 (x4 upscaler), ≤ 999 (pixel upsampler)"),  # fmt: skip
-    ("--sr-noise-level", "super_res_noise_level", "sr256", "noise_level", _level, "64→256 low-res noise level"),
-    ("--sr-start", "super_res_start", "sr256", "start", _non_negative,
-     "64→256: start at this timestep from the noised low-res image (SDEdit); 0: from pure noise"),  # fmt: skip
-    ("--upscale-start", "upscale_start", "sr1024", "start", _non_negative,
-     "256→1024 (pixel upsampler): start at this timestep from the noised low-res image; 0: from noise"),  # fmt: skip
-]
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
-    p.add_argument(
-        "--model", default="demo", help="preset name (a file of configs/: demo, karlo-x4, karlo) or a model YAML file"
-    )
-    p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (never overwritten)")
-    p.add_argument("--seed", type=int, default=0, help="image k of the run uses seed SEED + k")
-    p.add_argument("--num-images", type=_positive_int, default=1, help="images per prompt")
-    p.add_argument(
-        "--size",
-        type=int,
-        choices=(64, 256, 1024),
-        help="stop early at this size (default: the largest the model makes)",
-    )
+    p.add_argument("--num-images", type=positive_int, default=1, help="images per prompt")
     p.add_argument("--negative-prompt", default=None, help='used in place of "" in the unguided branch')
-    add_sampling_args(p)
-    p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
-    p.add_argument("--offload", action="store_true", help="model CPU offload: keep only the running model on the GPU")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    """Per-stage steps, guidance and noise levels, ``--scheduler``, ``--dtype`` and ``--device``."""
-    defaults = karlo_defaults()
-    for flag, kwarg, stage, field, kind, what in STAGE_FLAGS:
-        default = getattr(defaults[stage], field)
-        p.add_argument(
-            flag,
-            dest=kwarg,
-            type=kind,
-            metavar=field.upper(),
-            help=f"{what} (default: from the model config; Karlo's: {default})",
-        )
     p.add_argument(
-        "--prior-samples",
-        type=_positive_int,
-        default=1,
-        help="best-of-n prior (DALL·E 2 §2.2): draw N image embeddings, keep the one closest to the text's",
+        "--rerank",
+        metavar="MODEL/PRETRAINED",
+        help="CLIP reranking: score the --num-images candidates of each prompt with this open_clip model "
+        "(e.g. ViT-L-14/openai, a local checkpoint ViT-B-32/PATH, hf-hub:ORG/REPO, local-dir:FOLDER) and save the best",
     )
     p.add_argument(
-        "--scheduler",
-        type=_schedulers,
-        default=None,
-        help=f"one of {', '.join(SCHEDULERS)} for all stages, or per stage: prior=ddim,sr1024=dpmpp (default: default)",
+        "--keep", type=positive_int, help="with --rerank: how many of each prompt's candidates to save (default: 1)"
     )
-    p.add_argument(
-        "--dtype",
-        choices=("auto", *DTYPES),
-        default="auto",
-        help="auto: fp16 on CUDA, fp32 on CPU (fp16 on CPU is refused)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-
-
-def sampling_kwargs(args) -> dict:
-    """The UnCLIPCascade.__call__ keywords of add_sampling_args' flags (None: the model config's)."""
-    return {
-        "scheduler": args.scheduler,
-        "prior_samples": args.prior_samples,
-        **{kwarg: getattr(args, kwarg) for _, kwarg, *_ in STAGE_FLAGS},
-    }
-
-
-def _device_and_dtype(args):
-    return resolve_device_and_dtype(args.device, args.dtype)
-
-
-def resolve_device_and_dtype(name: str, dtype_name: str):
-    """``--device`` and ``--dtype`` resolved: auto is CUDA in fp16 when there is a GPU, else CPU in fp32."""
-    import torch
-
-    device = name
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise UnclipError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UnclipError("--device cuda but no CUDA GPU is visible: use --device cpu")
-    dtype = dtype_name if dtype_name != "auto" else ("fp16" if device.type == "cuda" else "fp32")
-    if dtype == "fp16" and device.type == "cpu":
-        raise UnclipError("--dtype fp16 needs a CUDA GPU: use --dtype fp32 (or bf16) on CPU")
-    return device, getattr(torch, DTYPES[dtype])
-
-
-def _generate_device_and_dtype(args):
-    device, dtype = _device_and_dtype(args)
-    if args.offload and device.type != "cuda":
-        raise UnclipError("--offload moves models between CPU and GPU: it needs --device cuda")
-    from unclip.pipeline import check_attention
-
-    check_attention(args.attention, device)
-    return device, dtype
+    add_pipeline_args(p)
 
 
 def run_generate(args) -> int:
     if any(not p.strip() for p in args.prompt):
         raise UnclipError('the prompt is empty: give a text such as "a corgi playing a trumpet"')
-    if args.seed < 0:
-        raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
-    from unclip.config import load_model_config
-    from unclip.outputs import ensure_writable, save_images
+    if args.keep is not None and args.rerank is None:
+        raise UnclipError("--keep needs --rerank MODEL/PRETRAINED: the CLIP model that chooses which to keep")
+    if args.rerank and (args.keep or 1) > args.num_images:
+        raise UnclipError(f"--keep {args.keep or 1} > --num-images {args.num_images}: make more candidates")
+    pipe, out = load_pipeline(args)
+    rerank = None
+    if args.rerank:
+        from unclip.rerank import ClipReranker
 
-    config = load_model_config(args.model)
-    if args.size and args.size > config.max_size:
-        raise UnclipError(f"--size {args.size} needs an upscaler: {args.model} has no 'upscaler:', so it ends at 256")
-    device, dtype = _generate_device_and_dtype(args)
-    out = ensure_writable(args.out)
-
-    from unclip import __version__
-    from unclip.pipeline import UnCLIPCascade
-
-    pipe = UnCLIPCascade.from_config(config, torch_dtype=dtype)
-    if args.offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    pipe.set_attention(args.attention)
-    pipe.set_progress_bar_config(disable=args.quiet)
+        rerank = ClipReranker.from_name(args.rerank, device=pipe._execution_device)
     for i, prompt in enumerate(args.prompt):
         result = pipe(
             prompt,
@@ -228,12 +71,11 @@ def run_generate(args) -> int:
             num_images_per_prompt=args.num_images,
             seed=args.seed + i * args.num_images,
             size=args.size,
+            rerank=rerank,
+            keep=args.keep,
             **sampling_kwargs(args),
         )
-        for meta in result.metadata:
-            meta["version"] = __version__
-        for path in save_images(out, result.images, result.metadata):
-            print(path)
+        save_result(out, result)
     return 0
 
 
@@ -246,15 +88,15 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="openclip:MODEL/PRETRAINED, hf:HUB_ID_OR_FOLDER or tiny:DIM (e.g. hf:openai/clip-vit-large-patch14)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per CLIP forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per CLIP forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="auto: fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--num-workers", type=_workers, default=0, help="DataLoader worker processes decoding images")
+    p.add_argument("--num-workers", type=workers, default=0, help="DataLoader worker processes decoding images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_embed(args) -> int:
-    device, dtype = _device_and_dtype(args)
+    device, dtype = device_and_dtype(args)
     from unclip.train.embeddings import embed_dataset, read_cache
 
     path = embed_dataset(
@@ -275,10 +117,10 @@ def run_embed(args) -> int:
 
 def add_data_shapes_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="a new or empty folder: the PNGs and metadata.jsonl (an imagefolder)")
-    p.add_argument("--n", type=_positive_int, required=True, help="number of images")
+    p.add_argument("--n", type=positive_int, required=True, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="image i is a function of (SEED, i) alone")
-    p.add_argument("--size", type=_image_side, default=1024, help="image side in pixels")
-    p.add_argument("--workers", type=_workers, default=0, help="processes drawing and writing (0: this one)")
+    p.add_argument("--size", type=image_side, default=1024, help="image side in pixels")
+    p.add_argument("--workers", type=workers, default=0, help="processes drawing and writing (0: this one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -293,12 +135,12 @@ def run_data_shapes(args) -> int:
 
 def add_eval_shapes_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo", help="preset name (a file of configs/) or a model YAML file")
-    p.add_argument("--n", type=_positive_int, default=96, help="prompts, in rounds of 24: the held-out pairs first")
+    p.add_argument("--n", type=positive_int, default=96, help="prompts, in rounds of 24: the held-out pairs first")
     p.add_argument("--seed", type=int, default=0, help="image k uses seed SEED + k")
     p.add_argument(
         "--size", type=int, choices=(64, 256, 1024), default=64, help="64: prior and decoder; 256, 1024: upsamplers too"
     )
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per cascade call")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per cascade call")
     p.add_argument("--out", type=Path, help="also save the images here, with metadata.jsonl (never overwritten)")
     p.add_argument(
         "--report",
@@ -319,7 +161,7 @@ def run_eval_shapes(args) -> int:
     config = load_model_config(args.model)
     if args.size > config.max_size:
         raise UnclipError(f"--size {args.size} needs an upscaler: {args.model} has no 'upscaler:', so it ends at 256")
-    device, dtype = _device_and_dtype(args)
+    device, dtype = device_and_dtype(args)
     if args.report is not None:
         shapes_eval.check_report_path(args.report)
     out = ensure_writable(args.out) if args.out else None
@@ -357,8 +199,8 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompts", type=Path, help="a .txt (a prompt a line, # comments), .jsonl or .csv prompt file")
     p.add_argument("--model", default="demo", help="preset name (a file of configs/) or a model YAML file")
     p.add_argument("--out", type=Path, required=True, help="the run's folder: rerun the same command to resume")
-    p.add_argument("--num-images", type=_positive_int, default=1, help="images per prompt (a row may override)")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="images per cascade call, across prompts")
+    p.add_argument("--num-images", type=positive_int, default=1, help="images per prompt (a row may override)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per cascade call, across prompts")
     p.add_argument("--seed", type=int, default=0, help="image i of row r: SEED + 10000 r + i (a row may set its own)")
     p.add_argument("--size", type=int, choices=(64, 256, 1024), help="stop early at this size (default: the largest)")
     p.add_argument("--negative-prompt", default=None, help="for the rows that set none")
@@ -410,9 +252,9 @@ def _group(commands: dict[str, tuple[str, Callable, Callable]], dest: str) -> tu
     """add_args and run of a command made of subcommands."""
 
     def add_args(p: argparse.ArgumentParser) -> None:
-        sub = p.add_subparsers(dest=dest, required=True, parser_class=_Parser)
+        sub = p.add_subparsers(dest=dest, required=True, parser_class=Parser)
         for name, (help_text, add, _) in commands.items():
-            add(sub.add_parser(name, help=help_text, formatter_class=_Formatter))
+            add(sub.add_parser(name, help=help_text, formatter_class=Formatter))
 
     def run(args) -> int:
         return commands[getattr(args, dest)][2](args)
@@ -423,6 +265,7 @@ def _group(commands: dict[str, tuple[str, Callable, Callable]], dest: str) -> tu
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "generate": ("text → image through the cascade", add_generate_args, run_generate),
     "batch": ("a prompt file → a folder of images: resumable, over many processes", add_batch_args, run_batch),
+    **cli_edits.COMMANDS,
     "embed": ("precompute the CLIP image embeddings of a training dataset", add_embed_args, run_embed),
     "data": ("write a training dataset: shapes", *_group(DATA_COMMANDS, "dataset")),
     "eval": ("score a model on a benchmark: shapes", *_group(EVAL_COMMANDS, "benchmark")),
@@ -430,10 +273,10 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="unclip", description="DALL·E 2-style text-to-image: CLIP → prior → decoder → 256 → 1024 px")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="unclip", description="DALL·E 2-style text-to-image: CLIP → prior → decoder → 256 → 1024 px")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, (help_text, add_args, _) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text, formatter_class=_Formatter))
+        add_args(sub.add_parser(name, help=help_text, formatter_class=Formatter))
     return parser
 
 

@@ -169,13 +169,20 @@ def _load_hf(spec: str, name: str) -> ClipImageEncoder:
         raise UnclipError(
             f"{name}: {location} lacks {len(missing)} vision weights (e.g. {missing[0]}): not a CLIP vision tower"
         )
-    try:
-        processor = CLIPImageProcessor.from_pretrained(location)
-    except OSError:
-        logger.warning(f"{name}: no preprocessor_config.json; using OpenAI CLIP's mean/std at {vision.image_size} px")
-        return _transformers_encoder(name, model, OPENAI_MEAN, OPENAI_STD, vision.image_size)
+    sibling = folder.parent / "feature_extractor"  # the image-variations layout keeps it beside image_encoder/
+    for place in [location] + ([str(sibling)] if folder.is_dir() and sibling.is_dir() else []):
+        try:
+            return from_transformers(model, CLIPImageProcessor.from_pretrained(place), name)
+        except OSError:
+            continue
+    logger.warning(f"{name}: no preprocessor_config.json; using OpenAI CLIP's mean/std at {vision.image_size} px")
+    return _transformers_encoder(name, model, OPENAI_MEAN, OPENAI_STD, vision.image_size)
+
+
+def from_transformers(model, processor, name: str = "image_encoder") -> ClipImageEncoder:
+    """A CLIPVisionModelWithProjection and its CLIPImageProcessor (as the image-variations layout has them)."""
     crop = processor.crop_size
-    size = crop["height"] if crop else vision.image_size
+    size = crop["height"] if crop else model.config.image_size
     return _transformers_encoder(name, model, processor.image_mean, processor.image_std, size)
 
 
@@ -204,11 +211,13 @@ def _root_logging_off() -> Iterator[None]:
         root.removeHandler(null)
 
 
-def _load_openclip(spec: str, name: str) -> ClipImageEncoder:
+def create_openclip_model(spec: str, name: str) -> tuple[torch.nn.Module, str]:
+    """An open_clip CLIP model (both towers) from ``MODEL/PRETRAINED``, ``hf-hub:ORG/REPO`` or ``local-dir:FOLDER``,
+    and the model name its tokenizer is found by; every failure is a one-line UnclipError naming ``name``."""
     try:
         import open_clip
     except ImportError:
-        raise UnclipError(f"{name}: open_clip is not installed: pip install 'unclip[train]'") from None
+        raise UnclipError(f"{name}: open_clip is not installed: pip install 'unclip[rerank]' (or [train])") from None
     if spec.startswith(("hf-hub:", "local-dir:")):
         model_name, pretrained = spec, None
     else:
@@ -238,6 +247,11 @@ def _load_openclip(spec: str, name: str) -> ClipImageEncoder:
             ) from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnclipError(f"{name}: open_clip cannot load it ({reason[:300]})") from None
+    return model, model_name
+
+
+def _load_openclip(spec: str, name: str) -> ClipImageEncoder:
+    model, _ = create_openclip_model(spec, name)
     visual = model.visual
     size = visual.preprocess_cfg["size"]
     size = size if isinstance(size, int) else size[0]

@@ -4,13 +4,16 @@ A model config names where the weights are and the default settings of each of t
 
     unclip: kakaobrain/karlo-v1-alpha                      # hub id, or a local folder in that repo's layout
     upscaler: stabilityai/stable-diffusion-x4-upscaler     # optional: without it the cascade ends at 256 px
+    image_encoder: hf:openai/clip-vit-large-patch14         # optional: the CLIP image tower of z_i (variations)
     prior:   {steps: 25, guidance: 4.0, scheduler: default}
     decoder: {steps: 25, guidance: 8.0, scheduler: default}
     sr256:   {steps: 7, scheduler: default, noise_level: 0}
     sr1024:  {steps: 75, guidance: 9.0, scheduler: default, noise_level: 20}
 
 `load_model_config` takes a preset name (a file of configs/ without ``.yaml``) or a path to a YAML file.
-Relative folders in a YAML file are read relative to that file.
+Relative folders in a YAML file are read relative to that file (also after ``hf:`` in ``image_encoder``).
+``image_encoder`` is a name of ``unclip.clip_models`` (``hf:ID_OR_FOLDER``, ``openclip:MODEL/PRETRAINED``); an
+image-variations repo (karlo-v1-alpha-image-variations) as ``unclip:`` brings its own and needs none.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ class StageSettings:
     guidance: float = 1.0
     scheduler: str = "default"
     noise_level: int = 0  # upsamplers only: augmentation level of the low-res input
-    start: int = 0  # pixel upsamplers only: > 0 starts at this timestep from the noised low-res image (SDEdit)
+    # > 0: pixel upsamplers start at this timestep from the noised low-res image (SDEdit); the decoder's DDIM
+    # inversion (the edits' invert) stops here and sampling resumes from it. Text-to-image ignores the decoder's.
+    start: int = 0
 
     def validate(self, stage: str) -> None:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -66,6 +71,7 @@ class ModelConfig:
     upscaler: str | None = None
     stages: dict[str, StageSettings] = field(default_factory=karlo_defaults)
     name: str = ""
+    image_encoder: str | None = None  # a CLIP image encoder name (unclip.clip_models): images → z_i
 
     @property
     def max_size(self) -> int:
@@ -75,6 +81,8 @@ class ModelConfig:
         out: dict[str, Any] = {"unclip": self.unclip}
         if self.upscaler:
             out["upscaler"] = self.upscaler
+        if self.image_encoder:
+            out["image_encoder"] = self.image_encoder
         for stage, settings in self.stages.items():
             out[stage] = dataclasses.asdict(settings)
         return out
@@ -118,7 +126,7 @@ def model_config_from_dict(raw: Any, *, source: str = "<dict>", base: Path | Non
     """Build a ModelConfig from a parsed YAML mapping, with one-line errors for every mistake."""
     if not isinstance(raw, dict):
         raise UnclipError(f"{source}: a model config must be a YAML mapping with at least 'unclip:'")
-    valid = ["unclip", "upscaler", *STAGES]
+    valid = ["unclip", "upscaler", "image_encoder", *STAGES]
     unknown = sorted(set(raw) - set(valid))
     if unknown:
         raise UnclipError(f"{source}: unknown key '{unknown[0]}'; valid keys: {', '.join(valid)}")
@@ -127,12 +135,29 @@ def model_config_from_dict(raw: Any, *, source: str = "<dict>", base: Path | Non
     base = base or Path.cwd()
     defaults = karlo_defaults()
     upscaler = raw.get("upscaler")
+    image_encoder = raw.get("image_encoder")
     return ModelConfig(
         unclip=_resolve_location(raw["unclip"], "unclip", base),
         upscaler=_resolve_location(upscaler, "upscaler", base) if upscaler else None,
         stages={s: _stage_from_dict(s, raw.get(s), defaults[s], source) for s in STAGES},
         name=source,
+        image_encoder=_resolve_image_encoder(image_encoder, base, source) if image_encoder else None,
     )
+
+
+def _resolve_image_encoder(value: Any, base: Path, source: str) -> str:
+    """``hf:FOLDER`` relative to the YAML file; other names (hub ids, open_clip names) as they are."""
+    from unclip.clip_models import parse_clip_name
+
+    if not isinstance(value, str):
+        raise UnclipError(f"{source}: 'image_encoder' must be a CLIP name such as hf:openai/clip-vit-large-patch14")
+    try:
+        prefix, rest = parse_clip_name(value.strip())
+    except UnclipError as error:
+        raise UnclipError(f"{source}: image_encoder: {error}") from None
+    if prefix == "hf":
+        rest = _resolve_location(rest, "image_encoder", base)
+    return f"{prefix}:{rest}"
 
 
 def load_model_config(name_or_path: str | Path) -> ModelConfig:

@@ -5,7 +5,8 @@ Three layouts are known, the first two as the hub has them and as diffusers' ``s
 * ``karlo``: kakaobrain/karlo-v1-alpha (UnCLIPPipeline). Its model_index.json says
   ``"text_proj": ["unclip", "UnCLIPTextProjModel"]``, which current diffusers refuses to load; diffusers'
   ``save_pretrained`` writes ``["diffusers", ...]``. Both load here, into unclip's own text projection.
-  Without ``prior`` it is the karlo-v1-alpha-image-variations layout.
+  Without ``prior`` and with ``image_encoder`` (CLIPVisionModelWithProjection) and ``feature_extractor``
+  (CLIPImageProcessor) it is the karlo-v1-alpha-image-variations layout (UnCLIPImageVariationPipeline).
 * ``x4``: stabilityai/stable-diffusion-x4-upscaler (StableDiffusionUpscalePipeline).
 * ``pixel``: a pixel-space 256→1024 upsampler (DALL·E 2's: a UNet without attention), the layout unclip's
   trainer writes for stage sr1024 and ``UnCLIPCascade.save_pretrained`` writes back: ``unet`` (a UNet2DModel
@@ -72,6 +73,8 @@ LAYOUTS: dict[str, dict[str, Role]] = {
         "super_res_first": Role((diffusers.UNet2DModel,)),
         "super_res_last": Role((diffusers.UNet2DModel,)),
         "super_res_scheduler": Role(tuple(SCHEDULER_CLASSES.values())),
+        "image_encoder": Role((transformers.CLIPVisionModelWithProjection,), optional=True),
+        "feature_extractor": Role((transformers.CLIPImageProcessor,), optional=True),
     },
     "x4": {
         "unet": Role((diffusers.UNet2DConditionModel,)),
@@ -197,6 +200,13 @@ def check_karlo_sizes(folder: Path, index: dict[str, Any]) -> None:
                 f"{folder}: the prior makes {prior}-d CLIP embeddings but text_proj takes "
                 f"{proj.get('clip_embeddings_dim', 768)}-d: prior and decoder come from different models"
             )
+    if "image_encoder" in index:
+        image = _read_config(folder, "image_encoder").get("projection_dim")
+        if image != proj.get("clip_embeddings_dim", 768):
+            raise UnclipError(
+                f"{folder}: image_encoder projects to {image} dims but text_proj takes "
+                f"{proj.get('clip_embeddings_dim', 768)}: the image encoder is not the decoder's CLIP"
+            )
     if text != proj.get("clip_embeddings_dim", 768):
         raise UnclipError(
             f"{folder}: text_encoder projects to {text} dims but text_proj takes {proj.get('clip_embeddings_dim', 768)}"
@@ -218,7 +228,7 @@ def _load_one(folder: Path, name: str, entry: Any, role: Role, dtype: torch.dtyp
     path = folder / name
     if issubclass(cls, diffusers.SchedulerMixin):
         return cls.from_pretrained(path)
-    if issubclass(cls, transformers.PreTrainedTokenizerBase):
+    if issubclass(cls, (transformers.PreTrainedTokenizerBase, transformers.ImageProcessingMixin)):
         return cls.from_pretrained(path)
     if issubclass(cls, transformers.PreTrainedModel):
         return cls.from_pretrained(path, dtype=dtype)

@@ -45,10 +45,11 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
         "Seed": meta["seed"],
         "Size": f"{meta['size']}x{meta['size']}",
         "Model": meta["model"],
-        "Prior steps": stages["prior"]["steps"],
-        "Prior sampler": stages["prior"]["scheduler"],
-        "Prior CFG scale": stages["prior"]["guidance"],
     }
+    if "prior" in stages:  # the edits that start from an image embedding run no prior
+        prior = stages["prior"]
+        pairs.update({"Prior steps": prior["steps"], "Prior sampler": prior["scheduler"]})
+        pairs["Prior CFG scale"] = prior["guidance"]
     if "sr256" in stages:
         pairs.update({"SR256 steps": stages["sr256"]["steps"], "SR256 sampler": stages["sr256"]["scheduler"]})
         pairs["SR256 noise level"] = stages["sr256"]["noise_level"]
@@ -58,6 +59,8 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
             {"SR1024 steps": sr["steps"], "SR1024 sampler": sr["scheduler"], "SR1024 CFG scale": sr["guidance"]}
         )
         pairs["Noise level"] = sr["noise_level"]
+    if "edit" in meta:
+        pairs["Edit"] = meta["edit"]
     pairs["Version"] = f"unclip {meta.get('version', '')}".strip()
     lines = [meta["prompt"]]
     if meta.get("negative_prompt"):
@@ -93,3 +96,24 @@ def save_images(folder: Path, images: list[Image.Image], metadata: list[dict[str
             os.fsync(handle.fileno())
         written.append(path)
     return written
+
+
+def save_gif(frames: list[Path], duration_ms: int = 250) -> Path:
+    """An animated, looping GIF of saved frames, beside the first as ``NNNNN-SEED.gif`` (never overwritten:
+    ``-2``, ``-3`` ... on a clash)."""
+    first = frames[0]
+    images = []
+    for path in frames:
+        with Image.open(path) as frame:
+            images.append(frame.convert("RGB"))
+    for n in range(1, 1000):
+        path = first.with_name(first.stem + ("" if n == 1 else f"-{n}") + ".gif")
+        try:
+            with open(path, "xb") as handle:
+                images[0].save(
+                    handle, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0
+                )
+            return path
+        except FileExistsError:
+            continue
+    raise UnclipError(f"cannot name a GIF beside {first}: 999 already exist")

@@ -15,21 +15,36 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
-import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiffusionPipeline, UnCLIPScheduler
-from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
+from unclip import edits
+from unclip.clip_models import ClipImageEncoder, from_transformers, load_clip_image_encoder
 from unclip.config import STAGES, ModelConfig, StageSettings, load_model_config, save_model_config
 from unclip.errors import UnclipError
 from unclip.guidance import guided, uses_guidance
+from unclip.images import load_images
 from unclip.loading import LAYOUTS, detect_upscaler_layout, load_layout
+from unclip.pipeline_utils import (
+    STAGE_ARGUMENTS,
+    CascadeOutput,
+    TextConditioning,
+    check_count,
+    check_finite,
+    check_output_type,
+    clip_similarity,
+    fork_generator,
+    image_generators,
+    negatives_for,
+    postprocess,
+    prompt_list,
+    tokenize,
+)
 from unclip.sampling import initial_noise, sample
 from unclip.schedulers import make_scheduler
 from unclip.stages import (
@@ -40,72 +55,16 @@ from unclip.stages import (
     SuperResDenoiser,
 )
 
+if TYPE_CHECKING:
+    from unclip.rerank import ClipReranker
+
 logger = logging.getLogger("unclip")
 
 SIZES = (64, 256, 1024)
-OUTPUT_TYPES = ("pil", "np", "pt")
 UPSCALER_PREFIX = "upscaler_"
 # Noise augmentation of the pixel upsamplers' low-res input (sr256, pixel sr1024): levels are timesteps of
 # this schedule, the one unclip's trainer augments with.
 AUGMENTATION_TIMESTEPS = 1000
-
-
-@dataclass
-class CascadeOutput(BaseOutput):
-    """``images``: PIL images, an (N, H, W, 3) float array or an (N, 3, H, W) tensor in [0, 1].
-    ``metadata``: one dict per image with everything needed to make it again."""
-
-    images: Any
-    metadata: list[dict[str, Any]]
-
-
-@dataclass
-class TextConditioning:
-    """CLIP text encoder outputs; ``[negative; prompt]`` rows when ``doubled``."""
-
-    embeds: torch.Tensor
-    hidden_states: torch.Tensor
-    mask: torch.Tensor
-    doubled: bool
-
-    def rows(self, guided_stage: bool) -> TextConditioning:
-        if guided_stage or not self.doubled:
-            return self
-        half = self.embeds.shape[0] // 2
-        return TextConditioning(self.embeds[half:], self.hidden_states[half:], self.mask[half:], False)
-
-    def prompt_embeds(self) -> torch.Tensor:
-        """z_t of the prompts (not the negatives)."""
-        return self.rows(False).embeds
-
-    def repeat(self, n: int) -> TextConditioning:
-        """Each row ``n`` times in a row (``[negative; prompt]`` halves kept)."""
-        return TextConditioning(
-            *(x.repeat_interleave(n, dim=0) for x in (self.embeds, self.hidden_states, self.mask)), self.doubled
-        )
-
-
-def _fork(generator: torch.Generator, j: int) -> torch.Generator:
-    """A generator for draw ``j`` of an image: seeded from the image generator's initial seed and j."""
-    seed = (generator.initial_seed() * 0x9E3779B97F4A7C15 + j) % 2**63
-    return torch.Generator(generator.device).manual_seed(seed)
-
-
-def clip_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The dot product of CLIP embeddings as CLIP scores them: of their unit vectors (cosine similarity)."""
-    return F.cosine_similarity(a.float(), b.float(), dim=-1)
-
-
-def tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP tokens padded to the tokenizer's 77; warns once per text that is truncated."""
-    limit = tokenizer.model_max_length
-    for text in dict.fromkeys(texts):
-        ids = tokenizer(text, truncation=False)["input_ids"]
-        if len(ids) > limit:
-            removed = tokenizer.decode(ids[limit - 1 : -1])
-            logger.warning("prompt truncated to CLIP's %d tokens; dropped: %r", limit, removed)
-    out = tokenizer(texts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
-    return out.input_ids, out.attention_mask.bool()
 
 
 class UnCLIPCascade(DiffusionPipeline):
@@ -115,10 +74,12 @@ class UnCLIPCascade(DiffusionPipeline):
 
     # diffusers' enable_model_cpu_offload skips the names whose component is None (no prior, pixel upscaler)
     model_cpu_offload_seq = (
-        "text_encoder->prior->text_proj->decoder->super_res_first->super_res_last"
+        "image_encoder->text_encoder->prior->text_proj->decoder->super_res_first->super_res_last"
         "->upscaler_text_encoder->upscaler_unet->upscaler_vae"
     )
-    _optional_components = ["prior", "prior_scheduler"] + [UPSCALER_PREFIX + name for name in LAYOUTS["x4"]]
+    _optional_components = ["prior", "prior_scheduler", "image_encoder", "feature_extractor"] + [
+        UPSCALER_PREFIX + name for name in LAYOUTS["x4"]
+    ]
 
     def __init__(
         self,
@@ -138,6 +99,8 @@ class UnCLIPCascade(DiffusionPipeline):
         upscaler_tokenizer=None,
         upscaler_scheduler=None,
         upscaler_low_res_scheduler=None,
+        image_encoder=None,
+        feature_extractor=None,
         max_noise_level: int = 350,
         model_config: ModelConfig | None = None,
     ):
@@ -159,8 +122,11 @@ class UnCLIPCascade(DiffusionPipeline):
             upscaler_tokenizer=upscaler_tokenizer,
             upscaler_scheduler=upscaler_scheduler,
             upscaler_low_res_scheduler=upscaler_low_res_scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
         )
         self.max_noise_level = max_noise_level
+        self._clip_image_encoder: ClipImageEncoder | None = None  # the model config's, loaded on first use
         self.model_config = model_config or ModelConfig(unclip="", upscaler="x4" if upscaler_unet else None)
 
     # ----------------------------------------------------------------------------------------- loading
@@ -269,9 +235,8 @@ class UnCLIPCascade(DiffusionPipeline):
                         f"{stage}: start {start} is below every one of its {settings[stage].steps} timesteps "
                         f"({', '.join(str(int(t)) for t in scheduler.timesteps)}): raise start or steps"
                     )
-        for stage in ("prior", "decoder"):
-            if settings[stage].start:
-                raise UnclipError(f"{stage}: start applies to the pixel upsamplers (sr256, sr1024) only")
+        if settings["prior"].start:
+            raise UnclipError("prior: start applies to the decoder (DDIM inversion) and the pixel upsamplers only")
         if "sr1024" in stages and settings["sr1024"].start and self.upscaler_layout == "x4":
             raise UnclipError("sr1024: start applies to pixel upsamplers; the x4 upscaler starts from noise")
         for stage in ("sr256", "sr1024"):
@@ -321,7 +286,7 @@ class UnCLIPCascade(DiffusionPipeline):
         if self.prior is None:
             raise UnclipError("this model has no prior (an image-variations layout): it cannot start from text")
         if samples > 1:
-            draws = [g if j == 0 else _fork(g, j) for g in generators for j in range(samples)]
+            draws = [g if j == 0 else fork_generator(g, j) for g in generators for j in range(samples)]
             candidates = self.run_prior(text.repeat(samples), s, draws, batch * samples)
             candidates = candidates.view(batch, samples, -1)
             best = clip_similarity(candidates, text.prompt_embeds()[:, None]).argmax(dim=1)
@@ -333,10 +298,8 @@ class UnCLIPCascade(DiffusionPipeline):
         z = sample(denoiser, scheduler, x_T, s.steps, generators, desc="prior", progress=self._progress)
         return self.prior.post_process_latents(z)  # undo the clip_mean/clip_std normalisation
 
-    def run_decoder(
-        self, image_embeds: torch.Tensor, text: TextConditioning, s: StageSettings, generators
-    ) -> torch.Tensor:
-        """Sample a 64 px image x ~ P(x | z_i, y) (DALL·E 2 §2.1), guided with the learned null embedding."""
+    def decoder_denoiser(self, image_embeds: torch.Tensor, text: TextConditioning, s: StageSettings):
+        """The decoder's (guided) denoiser for z_i and the caption rows: what sampling and inversion both run."""
         use_cfg = uses_guidance(s.guidance)
         rows = text.rows(use_cfg)
         hidden, time_embeds = self.text_proj(
@@ -346,11 +309,42 @@ class UnCLIPCascade(DiffusionPipeline):
             do_classifier_free_guidance=use_cfg,
         )
         mask = F.pad(rows.mask, (self.text_proj.config.clip_extra_context_tokens, 0), value=True)
+        channels = self.decoder.config.in_channels
+        return guided(DecoderDenoiser(self.decoder, hidden, time_embeds, mask), s.guidance, channels)
+
+    def run_decoder(
+        self,
+        image_embeds: torch.Tensor,
+        text: TextConditioning,
+        s: StageSettings,
+        generators,
+        x_T: torch.Tensor | None = None,
+        eta: float | None = None,
+        inverted: bool = False,
+    ) -> torch.Tensor:
+        """Sample a 64 px image x ~ P(x | z_i, y) (DALL·E 2 §2.1), guided with the learned null embedding.
+
+        ``x_T``: the decoder noise, e.g. held fixed across frames (default: drawn from the generators).
+        ``inverted``: ``x_T`` is an image's DDIM inversion, at the first timestep ≤ ``s.start`` when that is > 0.
+        ``eta``: DDIM's η (Song et al. 2021, eq. 16) for the ddim scheduler."""
+        denoiser = self.decoder_denoiser(image_embeds, text, s)
         channels, size = self.decoder.config.in_channels, self.decoder.config.sample_size
-        denoiser = guided(DecoderDenoiser(self.decoder, hidden, time_embeds, mask), s.guidance, channels)
-        x_T = initial_noise((image_embeds.shape[0], channels, size, size), generators, hidden.device, hidden.dtype)
+        if x_T is None:
+            shape = (image_embeds.shape[0], channels, size, size)
+            x_T = initial_noise(shape, generators, image_embeds.device, self.decoder.dtype)
         scheduler = make_scheduler(s.scheduler, self.decoder_scheduler)
-        x = sample(denoiser, scheduler, x_T, s.steps, generators, desc="decoder", progress=self._progress)
+        step_kwargs = {"eta": eta} if eta is not None else None
+        x = sample(
+            denoiser,
+            scheduler,
+            x_T,
+            s.steps,
+            generators,
+            desc="decoder",
+            progress=self._progress,
+            step_kwargs=step_kwargs,
+            start=s.start if inverted else 0,
+        )
         return x.clamp(-1, 1)
 
     def run_sr256(self, image: torch.Tensor, s: StageSettings, generators) -> torch.Tensor:
@@ -408,8 +402,113 @@ class UnCLIPCascade(DiffusionPipeline):
         )
         if vae.dtype == torch.float16:  # the x4 VAE overflows in float16: decode in float32, as the reference does
             vae.to(torch.float32)
-        _check_finite("sr1024 (latents)", latents)
+        check_finite("sr1024 (latents)", latents)
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+
+    # ------------------------------------------------------------------------------------------ images
+    def clip_image_encoder(self) -> ClipImageEncoder:
+        """The CLIP image tower that maps images to z_i: the layout's own (karlo-v1-alpha-image-variations has
+        ``image_encoder`` and ``feature_extractor``), else the model config's ``image_encoder``, loaded once."""
+        device = self._execution_device
+        if self.image_encoder is not None:
+            if self.feature_extractor is None:
+                raise UnclipError("the model has an image_encoder but no feature_extractor: the download is incomplete")
+            return from_transformers(self.image_encoder, self.feature_extractor).to(device)
+        name = self.model_config.image_encoder
+        if not name:
+            raise UnclipError(
+                f"model {self.model_config.name or '(unnamed)'} has no CLIP image encoder: add 'image_encoder: "
+                "hf:openai/clip-vit-large-patch14' (Karlo's CLIP) to its model config, or use an image-variations repo"
+            )
+        if self._clip_image_encoder is None or self._clip_image_encoder.name != name:
+            self._clip_image_encoder = load_clip_image_encoder(name, device, self.dtype)
+        return self._clip_image_encoder.to(device)
+
+    @torch.no_grad()
+    def encode_image(self, image) -> torch.Tensor:
+        """CLIP image embeddings z_i (B, D) of images: PIL images, files, or a (B, 3, H, W) tensor in [0, 1]."""
+        encoder = self.clip_image_encoder()
+        expected = self.text_proj.config.clip_embeddings_dim
+        if encoder.dim != expected:
+            raise UnclipError(
+                f"image encoder {encoder.name} makes {encoder.dim}-d embeddings but the decoder takes {expected}-d: "
+                "use the CLIP the decoder was trained with"
+            )
+        embeds = [encoder(picture[None] * 2 - 1) for picture in load_images(image)]  # each at its own size
+        return torch.cat(embeds).to(self._execution_device, self.text_proj.dtype)
+
+    def encode_captions(self, captions: list[str], guided_stage: bool) -> TextConditioning:
+        """The decoder's caption rows: ``captions`` (with ``""`` as their unconditional half when guided)."""
+        negatives = [""] * len(captions) if guided_stage else None
+        return self.encode_text(captions, negatives, self._execution_device)
+
+    # ------------------------------------------------------------------------------ shared by every call
+    def plan(
+        self,
+        size: int | None,
+        scheduler: str | dict[str, str] | None,
+        stage_args: dict[str, Any],
+        first_stage: str = "prior",
+    ) -> tuple[int, tuple[str, ...], dict[str, StageSettings]]:
+        """The output size, the stages that run (from ``first_stage`` to ``size``) and their settings, checked
+        before any work. ``stage_args`` are ``__call__``'s per-stage keywords (``STAGE_ARGUMENTS``)."""
+        unknown = sorted(set(stage_args) - set(STAGE_ARGUMENTS))
+        if unknown:
+            raise UnclipError(f"unknown argument '{unknown[0]}'; per-stage arguments: {', '.join(STAGE_ARGUMENTS)}")
+        size = size or self.max_size
+        if size not in SIZES:
+            raise UnclipError(f"size must be one of 64, 256 or 1024, got {size}")
+        if size > self.max_size:
+            raise UnclipError(f"size {size} needs an upscaler: add 'upscaler:' to the model config, or ask for 256")
+        schedulers = scheduler if isinstance(scheduler, dict) else {stage: scheduler for stage in STAGES}
+        unknown = sorted(set(schedulers) - set(STAGES))
+        if unknown:
+            raise UnclipError(f"unknown stage '{unknown[0]}' in scheduler; stages: {', '.join(STAGES)}")
+        below = dict(zip(STAGES, (0, 0, 64, 256), strict=True))
+        stages_run = tuple(s for s in STAGES[STAGES.index(first_stage) :] if size > below[s])
+        overrides: dict[str, dict[str, Any]] = {stage: {"scheduler": schedulers.get(stage)} for stage in STAGES}
+        for name, value in stage_args.items():
+            stage, field = STAGE_ARGUMENTS[name]
+            overrides[stage][field] = value
+        settings = self.stage_settings(overrides, stages_run)
+        if self._execution_device.type == "cpu" and self.dtype == torch.float16:
+            raise UnclipError("float16 needs a GPU: on CPU load with torch_dtype=torch.float32 (or bfloat16)")
+        return size, stages_run, settings
+
+    def render(
+        self,
+        image_embeds: torch.Tensor,
+        captions: TextConditioning,
+        settings: dict[str, StageSettings],
+        stages_run: tuple[str, ...],
+        generators,
+        prompts: list[str],
+        negatives: list[str],
+        decoder_noise: torch.Tensor | None = None,
+        eta: float | None = None,
+        inverted: bool = False,
+    ) -> torch.Tensor:
+        """z_i → 64 px decoder → the upsamplers in ``stages_run``: images in [-1, 1]. ``prompts`` and
+        ``negatives`` are the x4 upscaler's text; ``decoder_noise``, ``eta``, ``inverted``: see ``run_decoder``."""
+        decoder = self.run_decoder(
+            image_embeds, captions, settings["decoder"], generators, decoder_noise, eta, inverted
+        )
+        x = check_finite("decoder", decoder)
+        if "sr256" in stages_run:
+            x = check_finite("sr256", self.run_sr256(x, settings["sr256"], generators))
+        if "sr1024" in stages_run:
+            x = check_finite("sr1024", self.run_sr1024(x, prompts, negatives, settings["sr1024"], generators))
+        self.maybe_free_model_hooks()
+        return x
+
+    def common_metadata(self, size: int, settings: dict[str, StageSettings], stages_run: tuple[str, ...]) -> dict:
+        return {
+            "size": size,
+            "model": self.model_config.name,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self._execution_device.type,
+            "stages": {stage: dataclasses.asdict(settings[stage]) for stage in stages_run},
+        }
 
     # -------------------------------------------------------------------------------------------- call
     @torch.no_grad()
@@ -434,6 +533,8 @@ class UnCLIPCascade(DiffusionPipeline):
         upscale_start: int | None = None,
         scheduler: str | dict[str, str] | None = None,
         prior_samples: int = 1,
+        rerank: ClipReranker | None = None,
+        keep: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> CascadeOutput | tuple:
@@ -451,81 +552,52 @@ class UnCLIPCascade(DiffusionPipeline):
                 from the noised low-res image (SDEdit) rather than pure noise at T.
             prior_samples: best-of-n prior (DALL·E 2 §2.2): draw this many z_i per image, keep the one closest
                 to z_t; its cosine similarity goes into the metadata as ``prior_score``.
+            rerank, keep: CLIP reranking (DALL·E 2 §7, as in DALL·E 1): the ``num_images_per_prompt`` images of a
+                prompt are candidates, scored by ``rerank`` (a ``unclip.rerank.ClipReranker``); the best ``keep``
+                (default 1) are returned, best first, with ``clip_score`` and ``rank`` in their metadata.
             output_type: ``pil``, ``np`` or ``pt``.
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise UnclipError('the prompt is empty: give a text such as "a corgi playing a trumpet"')
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise UnclipError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt!r}")
-        if not isinstance(prior_samples, int) or prior_samples < 1:
-            raise UnclipError(f"prior_samples must be ≥ 1, got {prior_samples!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise UnclipError(f"unknown output_type '{output_type}'; choose one of: {', '.join(OUTPUT_TYPES)}")
-        size = size or self.max_size
-        if size not in SIZES:
-            raise UnclipError(f"size must be one of 64, 256 or 1024, got {size}")
-        if size > self.max_size:
-            raise UnclipError(f"size {size} needs an upscaler: add 'upscaler:' to the model config, or ask for 256")
-        schedulers = scheduler if isinstance(scheduler, dict) else {stage: scheduler for stage in STAGES}
-        unknown = set(schedulers) - set(STAGES)
-        if unknown:
-            raise UnclipError(f"unknown stage '{sorted(unknown)[0]}' in scheduler; stages: {', '.join(STAGES)}")
-        stages_run = tuple(stage for stage, below in zip(STAGES, (0, 0, 64, 256), strict=True) if size > below)
-        settings = self.stage_settings(
-            {
-                "prior": dict(
-                    steps=prior_num_inference_steps, guidance=prior_guidance_scale, scheduler=schedulers.get("prior")
-                ),
-                "decoder": dict(
-                    steps=decoder_num_inference_steps,
-                    guidance=decoder_guidance_scale,
-                    scheduler=schedulers.get("decoder"),
-                ),
-                "sr256": dict(
-                    steps=super_res_num_inference_steps,
-                    noise_level=super_res_noise_level,
-                    start=super_res_start,
-                    scheduler=schedulers.get("sr256"),
-                ),
-                "sr1024": dict(
-                    steps=upscale_num_inference_steps,
-                    guidance=upscale_guidance_scale,
-                    noise_level=upscale_noise_level,
-                    start=upscale_start,
-                    scheduler=schedulers.get("sr1024"),
-                ),
-            },
-            stages_run,
+        prompts = prompt_list(prompt)
+        check_count("num_images_per_prompt", num_images_per_prompt)
+        check_count("prior_samples", prior_samples)
+        check_output_type(output_type)
+        if keep is not None and rerank is None:
+            raise UnclipError("keep needs rerank: give a CLIP reranker (unclip.rerank.ClipReranker) to choose with")
+        if rerank is not None:
+            keep = 1 if keep is None else keep
+            check_count("keep", keep)
+            if keep > num_images_per_prompt:
+                raise UnclipError(f"keep {keep} > num_images_per_prompt {num_images_per_prompt}: make more candidates")
+        size, stages_run, settings = self.plan(
+            size,
+            scheduler,
+            dict(
+                prior_num_inference_steps=prior_num_inference_steps,
+                decoder_num_inference_steps=decoder_num_inference_steps,
+                super_res_num_inference_steps=super_res_num_inference_steps,
+                upscale_num_inference_steps=upscale_num_inference_steps,
+                prior_guidance_scale=prior_guidance_scale,
+                decoder_guidance_scale=decoder_guidance_scale,
+                upscale_guidance_scale=upscale_guidance_scale,
+                super_res_noise_level=super_res_noise_level,
+                upscale_noise_level=upscale_noise_level,
+                super_res_start=super_res_start,
+                upscale_start=upscale_start,
+            ),
         )
         device = self._execution_device
-        if device.type == "cpu" and self.dtype == torch.float16:
-            raise UnclipError("float16 needs a GPU: on CPU load with torch_dtype=torch.float32 (or bfloat16)")
-
         batch = len(prompts) * num_images_per_prompt
         per_image = [p for p in prompts for _ in range(num_images_per_prompt)]
-        negatives = _negatives(negative_prompt, len(prompts), num_images_per_prompt)
-        generators, seeds = _generators(seed, generator, batch)
+        negatives = negatives_for(negative_prompt, len(prompts), num_images_per_prompt)
+        generators, seeds = image_generators(seed, generator, batch)
 
         needs_uncond = uses_guidance(settings["prior"].guidance) or uses_guidance(settings["decoder"].guidance)
         text = self.encode_text(per_image, negatives if needs_uncond else None, device)
-        image_embeds = _check_finite("prior", self.run_prior(text, settings["prior"], generators, batch, prior_samples))
+        image_embeds = check_finite("prior", self.run_prior(text, settings["prior"], generators, batch, prior_samples))
         prior_scores = clip_similarity(image_embeds, text.prompt_embeds()).tolist()
-        x = _check_finite("decoder", self.run_decoder(image_embeds, text, settings["decoder"], generators))
-        if "sr256" in stages_run:
-            x = _check_finite("sr256", self.run_sr256(x, settings["sr256"], generators))
-        if "sr1024" in stages_run:
-            x = _check_finite("sr1024", self.run_sr1024(x, per_image, negatives, settings["sr1024"], generators))
-        self.maybe_free_model_hooks()
+        x = self.render(image_embeds, text, settings, stages_run, generators, per_image, negatives)
 
-        images = _postprocess(x, output_type)
-        common = {
-            "size": size,
-            "model": self.model_config.name,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "device": device.type,
-            "stages": {stage: dataclasses.asdict(settings[stage]) for stage in stages_run},
-        }
+        common = self.common_metadata(size, settings, stages_run)
         metadata = [
             {
                 "prompt": per_image[k],
@@ -538,7 +610,15 @@ class UnCLIPCascade(DiffusionPipeline):
             }
             for k in range(batch)
         ]
+        if rerank is not None:
+            x, metadata = rerank.choose(x, metadata, num_images_per_prompt, keep)
+        images = postprocess(x, output_type)
         return CascadeOutput(images=images, metadata=metadata) if return_dict else (images, metadata)
+
+    # the paper's image manipulations (DALL·E 2 §3), in unclip.edits
+    vary = edits.vary
+    interpolate = edits.interpolate
+    text_diff = edits.text_diff
 
 
 def check_attention(backend: str, device: torch.device) -> None:
@@ -578,45 +658,6 @@ def _augment(image: torch.Tensor, level, scheduler, generators) -> torch.Tensor:
     noise = initial_noise(image.shape, generators, image.device, image.dtype)
     level = torch.as_tensor([level] if isinstance(level, int) else level, device=image.device)
     return scheduler.add_noise(image, noise, level)
-
-
-def _negatives(negative_prompt, num_prompts: int, per_prompt: int) -> list[str]:
-    if negative_prompt is None or isinstance(negative_prompt, str):
-        return [negative_prompt or ""] * (num_prompts * per_prompt)
-    if len(negative_prompt) != num_prompts:
-        raise UnclipError(
-            f"got {len(negative_prompt)} negative prompts for {num_prompts} prompts: give one each, or one for all"
-        )
-    return [n or "" for n in negative_prompt for _ in range(per_prompt)]
-
-
-def _generators(seed, generator, batch: int) -> tuple[Any, list[int | None]]:
-    if generator is not None:
-        if isinstance(generator, list) and len(generator) != batch:
-            raise UnclipError(f"got {len(generator)} generators for {batch} images: give one per image")
-        return generator, [None] * batch
-    if seed is None:
-        seed = random.randrange(2**31)
-    if not isinstance(seed, int) or seed < 0:
-        raise UnclipError(f"seed must be a whole number ≥ 0, got {seed!r}")
-    return [torch.Generator("cpu").manual_seed(seed + k) for k in range(batch)], [seed + k for k in range(batch)]
-
-
-def _check_finite(stage: str, x: torch.Tensor) -> torch.Tensor:
-    if not torch.isfinite(x).all():
-        raise UnclipError(
-            f"stage {stage} produced NaN/inf values in {str(x.dtype).removeprefix('torch.')}: "
-            "run it in bfloat16 or float32 (--dtype bf16 / fp32)"
-        )
-    return x
-
-
-def _postprocess(x: torch.Tensor, output_type: str):
-    images = (x * 0.5 + 0.5).clamp(0, 1)
-    if output_type == "pt":
-        return images.float().cpu()
-    array = images.cpu().permute(0, 2, 3, 1).float().numpy()
-    return array if output_type == "np" else DiffusionPipeline.numpy_to_pil(array)
 
 
 def _json(data: dict) -> str:

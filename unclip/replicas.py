@@ -4,8 +4,8 @@ For tests and benchmarks that must not touch the network: each function writes a
 way as a local copy of the real repo (same subfolders, model_index.json, component classes, scheduler configs
 and CLIP BPE tokenizer), only with small sizes and random weights.
 
-* ``tiny_karlo``: kakaobrain/karlo-v1-alpha (without the prior: the image-variations layout minus its image
-  encoder and feature extractor).
+* ``tiny_karlo``: kakaobrain/karlo-v1-alpha; with ``image_variations=True``
+  kakaobrain/karlo-v1-alpha-image-variations (no prior; an ``image_encoder`` and a ``feature_extractor``).
 * ``tiny_x4_upscaler``: stabilityai/stable-diffusion-x4-upscaler.
 * ``tiny_pixel_upscaler``: the pixel-space 256→1024 layout that unclip's trainer writes (``unclip.loading``).
 * ``clip_tokenizer_files``: ``vocab.json`` and ``merges.txt`` of the OpenAI CLIP BPE, rebuilt offline from the
@@ -27,7 +27,15 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import AutoencoderKL, PriorTransformer, UNet2DConditionModel, UNet2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 from unclip.text_proj import UnCLIPTextProjModel
 
@@ -120,6 +128,20 @@ KARLO_TEXT_ENCODER = dict(
     projection_dim=32,
     vocab_size=49408,
 )
+# karlo-v1-alpha-image-variations/image_encoder: openai/clip-vit-large-patch14's vision tower, 1024 wide,
+# 24 layers, 16 heads, patch 14 at 224 px, projection 768 (the text_proj's clip_embeddings_dim).
+KARLO_IMAGE_ENCODER = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=30,
+    patch_size=14,
+    projection_dim=32,
+    hidden_act="quick_gelu",
+)
+# Its feature_extractor: CLIPImageProcessor() defaults (shortest edge and center crop 224), at the tiny size.
+KARLO_FEATURE_EXTRACTOR = dict(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
 # karlo-v1-alpha/text_proj: clip_embeddings_dim 768, time_embed_dim 1280 (= 320 * 4), cross_attention_dim 1536.
 KARLO_TEXT_PROJ = dict(
     clip_extra_context_tokens=4, clip_embeddings_dim=32, time_embed_dim=32 * 4, cross_attention_dim=64
@@ -270,12 +292,14 @@ def randomize_(model: torch.nn.Module, generator: torch.Generator, std: float = 
     return model
 
 
-def tiny_karlo(out_dir: str | Path, *, seed: int = 0, with_prior: bool = True) -> Path:
+def tiny_karlo(out_dir: str | Path, *, seed: int = 0, with_prior: bool = True, image_variations: bool = False) -> Path:
     """Writes a tiny random replica of kakaobrain/karlo-v1-alpha into ``out_dir`` and returns it.
 
-    ``with_prior=False`` leaves out ``prior`` and ``prior_scheduler``.
+    ``with_prior=False`` leaves out ``prior`` and ``prior_scheduler``; ``image_variations=True`` writes
+    kakaobrain/karlo-v1-alpha-image-variations instead: no prior, plus ``image_encoder`` and ``feature_extractor``.
     """
     out = Path(out_dir)
+    with_prior = with_prior and not image_variations
     index = {
         "decoder": _save_model(out, "decoder", lambda: UNet2DConditionModel(**KARLO_DECODER), seed),
         "super_res_first": _save_model(out, "super_res_first", lambda: UNet2DModel(**KARLO_SUPER_RES), seed),
@@ -291,7 +315,15 @@ def tiny_karlo(out_dir: str | Path, *, seed: int = 0, with_prior: bool = True) -
     for name, config in KARLO_SCHEDULERS.items():
         if with_prior or name != "prior_scheduler":
             index[name] = _save_scheduler(out / name, "UnCLIPScheduler", config)
-    _write_json(out / "model_index.json", {"_class_name": "UnCLIPPipeline", **index})
+    pipeline_class = "UnCLIPPipeline"
+    if image_variations:
+        index["image_encoder"] = _save_model(
+            out, "image_encoder", lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**KARLO_IMAGE_ENCODER)), seed
+        )
+        CLIPImageProcessor(**KARLO_FEATURE_EXTRACTOR).save_pretrained(out / "feature_extractor")
+        index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
+        pipeline_class = "UnCLIPImageVariationPipeline"
+    _write_json(out / "model_index.json", {"_class_name": pipeline_class, **index})
     return out
 
 

@@ -44,7 +44,8 @@ def sample(
     """Run the reverse process from x_T for ``num_steps`` steps of ``scheduler``; returns x_0.
 
     ``start`` > 0 with an ``init`` image (SDEdit, Meng et al. 2022): only the steps at timesteps ≤ ``start``
-    run, from x_t = √ᾱ_t init + √(1 − ᾱ_t) x_T at the first of them (DDPM eq. 4) instead of pure noise."""
+    run, from x_t = √ᾱ_t init + √(1 − ᾱ_t) x_T at the first of them (DDPM eq. 4) instead of pure noise.
+    ``start`` > 0 without ``init``: ``x_T`` already is x_t at the first of them (e.g. a DDIM inversion)."""
     scheduler.set_timesteps(num_steps, device=x_T.device)
     timesteps = scheduler.timesteps
     step_params = inspect.signature(scheduler.step).parameters
@@ -56,7 +57,7 @@ def sample(
             raise UnclipError(f"start {start} is below every one of the {num_steps} timesteps: raise start or steps")
         if hasattr(scheduler, "set_begin_index"):  # multistep solvers count their steps from here
             scheduler.set_begin_index(first)
-        x = scheduler.add_noise(init, x_T, timesteps[first : first + 1])
+        x = scheduler.add_noise(init, x_T, timesteps[first : first + 1]) if init is not None else x_T
         timesteps = timesteps[first:]
     keep_variance = uses_learned_variance(scheduler)
     for i, t in enumerate(progress(timesteps, desc) if progress else timesteps):

@@ -80,7 +80,7 @@ def _state():
 
 def _device_and_dtype(request: Request, state) -> tuple[torch.device, torch.dtype]:
     """``generate``'s resolution of --device and --dtype; under accelerate, auto is this process's device."""
-    from unclip.cli import resolve_device_and_dtype
+    from unclip.cli_args import resolve_device_and_dtype
 
     several = request.device == "auto" and state.num_processes > 1
     return resolve_device_and_dtype(str(state.device) if several else request.device, request.dtype)

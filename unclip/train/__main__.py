@@ -50,5 +50,6 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_entry_point(run, "interrupted; resume with resume=latest")
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,8 @@ from PIL import Image
 from torch import nn
 
 from unclip.errors import UnclipError
-from unclip.pipeline import UnCLIPCascade, tokenize
+from unclip.pipeline import UnCLIPCascade
+from unclip.pipeline_utils import tokenize
 from unclip.train.config import TrainConfig
 from unclip.train.losses import Process
 

@@ -1,0 +1,184 @@
+"""The ``unclip`` commands of DALL·E 2's image manipulations (§3), on ``UnCLIPCascade``'s edit methods:
+
+    unclip vary photo.png --num-images 4                                   # variations
+    unclip vary photo.png --invert --eta 0.3 --num-images 4                # faithful: DDIM inversion, then η
+    unclip interpolate photo.png "a blue square on a red background" --frames 8 --gif
+    unclip diff photo.png --from "a red circle" --to "a red square" --frames 5 --gif
+
+An end of ``interpolate`` that is an existing file is an image; anything else is a prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from unclip.cli_args import (
+    add_pipeline_args,
+    at_least,
+    load_pipeline,
+    non_negative,
+    positive_int,
+    sampling_kwargs,
+    save_result,
+)
+from unclip.errors import UnclipError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+_unit = at_least(0.0, float, "eta")
+
+
+def _eta(text: str) -> float:
+    value = _unit(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"eta must be ≤ 1, got {value}")
+    return value
+
+
+def _image_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise UnclipError(f"image {text} does not exist: give a PNG or JPEG file")
+    return path
+
+
+def _image_or_prompt(text: str) -> Path | str:
+    """An existing file is an image; a missing file name (it ends in .png, ...) is refused; else a prompt."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if text.lower().endswith(IMAGE_SUFFIXES):
+        raise UnclipError(f"image {text} does not exist (a prompt does not end in {path.suffix}): check the path")
+    if not text.strip():
+        raise UnclipError('an interpolation end is empty: give an image file or a prompt such as "a red circle"')
+    return text
+
+
+def _frames(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=positive_int, default=5, help="images from the first end to the last")
+    p.add_argument("--gif", action="store_true", help="also write the frames as a looping GIF beside them")
+    p.add_argument("--gif-ms", type=positive_int, default=250, help="milliseconds per GIF frame")
+
+
+def _save_frames(out: Path, result, args) -> None:
+    paths = save_result(out, result)
+    if args.gif:
+        from unclip.outputs import save_gif
+
+        print(save_gif(paths, args.gif_ms))
+
+
+def _stage_kwargs(args) -> dict:
+    """sampling_kwargs without the prior-only best-of-n, which the edits do not take; --invert-start."""
+    kwargs = sampling_kwargs(args)
+    if kwargs.pop("prior_samples") != 1:
+        raise UnclipError("--prior-samples applies to generate and batch (text → image), not to the edits")
+    if getattr(args, "decoder_start", None) is not None:
+        kwargs["decoder_start"] = args.decoder_start
+    return kwargs
+
+
+def _invert_start(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--invert-start",
+        dest="decoder_start",
+        type=non_negative,
+        metavar="T",
+        help="DDIM inversion stops at the last timestep ≤ T and sampling resumes there; 0: all the way to noise "
+        "(default: the model config's decoder start)",
+    )
+
+
+def add_vary_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="+", help="one or more PNG/JPEG files")
+    p.add_argument("--num-images", type=positive_int, default=1, help="variations per image")
+    p.add_argument("--prompt", help='the decoder\'s caption (default: ""): steers the variations through text too')
+    p.add_argument(
+        "--invert",
+        action="store_true",
+        help="faithful variations: DDIM-invert the image to the decoder's noise, then sample with DDIM at --eta",
+    )
+    p.add_argument("--eta", type=_eta, default=0.5, help="with --invert: 0 gives the image back, 1 varies the most")
+    _invert_start(p)
+    add_pipeline_args(p, "variation k of the run uses seed SEED + k")
+
+
+def run_vary(args) -> int:
+    images = [_image_file(text) for text in args.image]
+    pipe, out = load_pipeline(args)
+    result = pipe.vary(
+        images,
+        prompt=args.prompt,
+        num_images_per_prompt=args.num_images,
+        seed=args.seed,
+        size=args.size,
+        invert=args.invert,
+        eta=args.eta,
+        **_stage_kwargs(args),
+    )
+    save_result(out, result)
+    return 0
+
+
+def add_interpolate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("start", help="an image file, or a prompt (its embedding drawn by the prior with --seed)")
+    p.add_argument("end", help="an image file, or a prompt")
+    _frames(p)
+    p.add_argument("--prompt", help='the decoder\'s caption for every frame (default: "")')
+    add_pipeline_args(p, "one seed for every frame: the noise is held fixed")
+
+
+def run_interpolate(args) -> int:
+    start, end = _image_or_prompt(args.start), _image_or_prompt(args.end)
+    pipe, out = load_pipeline(args)
+    result = pipe.interpolate(
+        start, end, frames=args.frames, seed=args.seed, size=args.size, prompt=args.prompt, **_stage_kwargs(args)
+    )
+    _save_frames(out, result, args)
+    return 0
+
+
+def add_diff_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="a PNG/JPEG file")
+    p.add_argument("--from", dest="from_prompt", required=True, help='a caption of the image: "a photo of a cat"')
+    p.add_argument("--to", dest="to_prompt", required=True, help='the caption to move to: "an anime drawing of a cat"')
+    _frames(p)
+    p.add_argument(
+        "--max-theta", type=float, default=0.5, help="how far the last frame turns (0-1; the paper uses 0.25-0.5)"
+    )
+    p.add_argument(
+        "--no-invert",
+        dest="invert",
+        action="store_false",
+        help="fixed noise from --seed instead of the image's DDIM inversion (frame 0 is then not the image)",
+    )
+    _invert_start(p)
+    add_pipeline_args(p, "the noise of the stages after the decoder (and of the decoder with --no-invert)")
+
+
+def run_diff(args) -> int:
+    image = _image_file(args.image)
+    if not 0 < args.max_theta <= 1:
+        raise UnclipError(f"--max-theta must be in (0, 1], got {args.max_theta}")
+    pipe, out = load_pipeline(args)
+    result = pipe.text_diff(
+        image,
+        args.from_prompt,
+        args.to_prompt,
+        frames=args.frames,
+        max_theta=args.max_theta,
+        invert=args.invert,
+        seed=args.seed,
+        size=args.size,
+        **_stage_kwargs(args),
+    )
+    _save_frames(out, result, args)
+    return 0
+
+
+# name → (help, add_args, run), registered in unclip.cli.COMMANDS
+COMMANDS = {
+    "vary": ("image → variations of it (DALL·E 2 §3.1)", add_vary_args, run_vary),
+    "interpolate": ("two images or prompts → the frames between them (§3.2)", add_interpolate_args, run_interpolate),
+    "diff": ("an image and a change of caption → the image edited along it (§3.3)", add_diff_args, run_diff),
+}
