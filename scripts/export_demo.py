@@ -15,6 +15,7 @@ OUT; pyproject.toml packs it into the wheel.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -50,6 +51,10 @@ def export(model: str, clip: Path | None, out: Path, force: bool, upsamplers: st
     for component in cascade.components.values():
         if isinstance(component, torch.nn.Module):
             component.to(torch.float16)
+    # the image tower travels with the export (below): model.yaml names it relative to itself
+    cascade.model_config = dataclasses.replace(
+        cascade.model_config, image_encoder="hf:clip/image_encoder" if clip is not None else None
+    )
     cascade.save_pretrained(out)
     if clip is not None:  # kept in fp32: small, and read as is by `hf:` encoders on a CPU
         for part in ("image_encoder", "feature_extractor"):

@@ -88,7 +88,9 @@ def test_demo_preset_loads_the_shipped_model_offline():
     assert pipe.decoder.dtype == torch.float32  # fp16 on disk, fp32 on a CPU by default
     from unclip.config import load_model_config
 
-    assert load_model_config(DEMO / "model.yaml").stages == pipe.model_config.stages  # one set of settings
+    shipped = load_model_config(DEMO / "model.yaml")
+    assert shipped.stages == pipe.model_config.stages  # one set of settings
+    assert shipped.image_encoder == pipe.model_config.image_encoder == f"hf:{DEMO / 'clip' / 'image_encoder'}"
 
 
 def test_the_readme_main_command_writes_its_picture_offline(tmp_path):

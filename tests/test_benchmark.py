@@ -1,0 +1,89 @@
+"""The speed harness (scripts/benchmark.py, unclip.benchmarking) on tiny replicas: its CPU smoke test.
+GPU numbers come from the same code on a GPU; none are asserted here."""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+from unclip import UnCLIPCascade
+from unclip.benchmarking import PRESETS, StageClock, call_kwargs, full_size_cascade
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+STAGES = {"text", "prior", "decoder", "sr256", "sr1024"}
+
+
+def _main():
+    return runpy.run_path(str(SCRIPT))["main"]
+
+
+def test_the_smoke_run_times_counts_and_compares_every_stage(tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    assert _main()(["--tiny", "--preset", "smoke", "--runs", "1", "--warmup", "0", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    (row,) = result["rows"]
+    assert set(row["stages_s"]) == set(row["tflop"]) == STAGES
+    assert all(t > 0 for t in row["stages_s"].values()) and sum(row["stages_s"].values()) <= row["total_s"] * 1.05
+    assert all(f > 0 for f in row["tflop"].values()) and row["tflop"]["sr1024"] > row["tflop"]["decoder"]
+    assert row["diffusers_s"] > 0 and row["speedup"] == pytest.approx(row["diffusers_s"] / row["total_s"])
+    assert result["weights"] == "tiny replicas" and result["torch"] == torch.__version__
+    printed = capsys.readouterr().out
+    assert "| tiny replicas | smoke | float32 | 1 |" in printed and f"results: {report}" in printed
+
+
+def test_flops_are_counted_per_stage_and_scale_with_steps(cascade):
+    settings = PRESETS["smoke"]()
+    counts = []
+    for steps in (2, 4):
+        kwargs = {**call_kwargs(settings), "decoder_num_inference_steps": steps}
+        with StageClock(cascade, count_flops=True) as counter:
+            cascade("a cat", seed=0, size=256, **kwargs)
+        counts.append(dict(counter.flops))
+    assert counts[1]["decoder"] == pytest.approx(2 * counts[0]["decoder"], rel=0.01)  # one UNet pass a step
+    assert counts[1]["sr256"] == counts[0]["sr256"] and "sr1024" not in counts[0]  # 256 px: no x4 stage
+    assert "run_decoder" not in vars(cascade)  # the wrappers are gone once the clock is left
+
+
+def test_replicas_built_from_configs_have_the_loaded_sizes(replica_root, cascade):
+    """full_size_cascade builds what the configs say; on the tiny replicas' configs, the tiny replicas' sizes."""
+    built = full_size_cascade(replica_root, torch.float32, "cpu")
+    for name, module in cascade.components.items():
+        if isinstance(module, torch.nn.Module):
+            count = sum(p.numel() for p in module.parameters())
+            assert sum(p.numel() for p in getattr(built, name).parameters()) == count, name
+    assert built.tokenizer.pad_token == cascade.tokenizer.pad_token == "!" and built.max_noise_level == 350
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "full-size replicas need a CUDA GPU"),
+        (["--tiny", "--json", "{existing}"], "exists: give a new --json file"),
+        (["--tiny", "--model", "demo"], "give --tiny or --model, not both"),
+        (["--model", "x"], "unknown model 'x'"),
+        (["--model", "demo", "--preset", "smoke"], "add --no-diffusers"),
+    ],
+)
+def test_mistakes_are_one_line(argv, message, tmp_path, capsys):
+    if torch.cuda.is_available() and not argv:
+        pytest.skip("a GPU is here: the full-size run would start")
+    existing = tmp_path / "r.json"
+    existing.write_text("{}")
+    assert _main()([a.format(existing=existing) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_full_size_replicas_need_the_configs_folder(tmp_path):
+    from unclip.errors import UnclipError
+
+    with pytest.raises(UnclipError, match="no model_index.json: give --configs"):
+        full_size_cascade(tmp_path, torch.float32, "cpu")
+
+
+def test_loading_a_real_model_goes_through_from_config(model_yaml):
+    args = runpy.run_path(str(SCRIPT))["parse_args"](["--model", str(model_yaml)])
+    pipe, weights = runpy.run_path(str(SCRIPT))["load"](args, torch.device("cpu"), torch.float32)
+    assert isinstance(pipe, UnCLIPCascade) and weights == str(model_yaml) and pipe.upscaler_layout == "x4"
