@@ -299,6 +299,7 @@ def test_cli_vary_interpolate_and_diff_write_their_frames(variations_dir, tmp_pa
         (["diff", "{photo}", "--from", "a", "--to", "b", "--max-theta", "1.5"], "--max-theta must be in"),
         (["vary", "{photo}", "--invert", "--eta", "2"], "eta must be ≤ 1"),
         (["vary", "{photo}", "--prior-samples", "2"], "--prior-samples applies to generate and batch"),
+        (["diff", "{photo}", "--from", "a", "--to", "b", "--prior-steps", "5"], "diff starts from the image"),
         (["vary", "{photo}", "--invert", "--invert-start", "3"], "below every one of its"),
         (["vary", "{photo}", "--model", "{karlo}"], "has no CLIP image encoder"),
     ],

@@ -68,11 +68,14 @@ def _save_frames(out: Path, result, args) -> None:
         print(save_gif(paths, args.gif_ms))
 
 
-def _stage_kwargs(args) -> dict:
-    """sampling_kwargs without the prior-only best-of-n, which the edits do not take; --invert-start."""
+def _stage_kwargs(args, prior: bool = False) -> dict:
+    """sampling_kwargs without the prior-only best-of-n, which the edits do not take; --invert-start. Without
+    ``prior`` (vary, diff: no prior runs) the prior's flags are refused rather than ignored."""
     kwargs = sampling_kwargs(args)
     if kwargs.pop("prior_samples") != 1:
         raise UnclipError("--prior-samples applies to generate and batch (text → image), not to the edits")
+    if not prior and (kwargs["prior_num_inference_steps"] or kwargs["prior_guidance_scale"] is not None):
+        raise UnclipError(f"--prior-steps/--prior-guidance: {args.command} starts from the image, no prior runs")
     if getattr(args, "decoder_start", None) is not None:
         kwargs["decoder_start"] = args.decoder_start
     return kwargs
@@ -132,7 +135,7 @@ def run_interpolate(args) -> int:
     start, end = _image_or_prompt(args.start), _image_or_prompt(args.end)
     pipe, out = load_pipeline(args)
     result = pipe.interpolate(
-        start, end, frames=args.frames, seed=args.seed, size=args.size, prompt=args.prompt, **_stage_kwargs(args)
+        start, end, frames=args.frames, seed=args.seed, size=args.size, prompt=args.prompt, **_stage_kwargs(args, True)
     )
     _save_frames(out, result, args)
     return 0
