@@ -2,6 +2,7 @@
 
     unclip generate "a corgi playing a trumpet" --model karlo-x4 --out outputs/ --seed 0 --num-images 2
     unclip generate --help
+    unclip vary photo.png --num-images 4                             # and interpolate, diff (cli_edits)
     unclip embed my/images --clip hf:openai/clip-vit-large-patch14   # CLIP image embeddings for training
     unclip data shapes data/shapes --n 20000 --workers 8             # the offline demo's dataset
     unclip eval shapes --model runs/demo/model.yaml --out eval/      # and its benchmark
