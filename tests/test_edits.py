@@ -74,7 +74,11 @@ def test_slerp_ends_norms_and_the_great_circle():
     assert torch.allclose(middle.norm(dim=-1), (a.norm(dim=-1) + b.norm(dim=-1)) / 2, atol=1e-5)
     u, v, m = (torch.nn.functional.normalize(x, dim=-1) for x in (a, b, middle))
     assert torch.allclose((u * m).sum(-1), (v * m).sum(-1), atol=1e-5)  # halfway along the arc, by angle
-    assert not torch.allclose(m, torch.nn.functional.normalize(u + v, dim=-1) * 0 + u)
+    assert torch.allclose(m, torch.nn.functional.normalize(u + v, dim=-1), atol=1e-5)
+    quarter = torch.nn.functional.normalize(slerp(a, b, 0.25), dim=-1)
+    omega = torch.arccos((u * v).sum(-1))
+    travelled = torch.arccos((u * quarter).sum(-1).clamp(-1, 1))
+    assert torch.allclose(travelled, 0.25 * omega, atol=1e-4)  # constant angular speed: a normalised lerp has not
     thetas = torch.tensor([0.0, 0.25, 1.0])
     frames = slerp(a[:1].expand(3, -1), b[:1].expand(3, -1), thetas)
     assert torch.allclose(frames[1], slerp(a[0], b[0], 0.25), atol=1e-5)
