@@ -27,6 +27,7 @@ import torch
 
 from unclip.config import STAGES, ModelConfig, StageSettings, karlo_defaults
 from unclip.errors import UnclipError
+from unclip.pipeline_utils import STAGE_ARGUMENTS
 
 # the pipeline method of each stage (text encoding is counted apart)
 STAGE_METHODS = {"text": "encode_text", "prior": "run_prior", "decoder": "run_decoder", "sr256": "run_sr256",
@@ -233,19 +234,14 @@ PRESETS: dict[str, Callable[[], dict[str, StageSettings]]] = {
 
 
 def call_kwargs(settings: dict) -> dict:
-    """UnCLIPCascade.__call__ keywords for a full set of StageSettings."""
-    s = settings
-    return dict(
-        prior_num_inference_steps=s["prior"].steps,
-        decoder_num_inference_steps=s["decoder"].steps,
-        super_res_num_inference_steps=s["sr256"].steps,
-        upscale_num_inference_steps=s["sr1024"].steps,
-        prior_guidance_scale=s["prior"].guidance,
-        decoder_guidance_scale=s["decoder"].guidance,
-        upscale_guidance_scale=s["sr1024"].guidance,
-        upscale_noise_level=s["sr1024"].noise_level,
-        scheduler={stage: s[stage].scheduler for stage in STAGES},
-    )
+    """UnCLIPCascade.__call__ keywords for a full set of StageSettings (its per-stage keywords are
+    STAGE_ARGUMENTS; the decoder's start serves only the edits, which __call__ does not take)."""
+    kwargs = {
+        name: getattr(settings[stage], field)
+        for name, (stage, field) in STAGE_ARGUMENTS.items()
+        if name != "decoder_start"
+    }
+    return {**kwargs, "scheduler": {stage: settings[stage].scheduler for stage in STAGES}}
 
 
 def measure(run: Callable[[], Any], device: torch.device, runs: int, warmup: int) -> list[float]:

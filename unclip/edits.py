@@ -78,6 +78,27 @@ def _same_noise(seed: int | None, frames: int) -> tuple[list[torch.Generator], i
     return [torch.Generator("cpu").manual_seed(seeds[0]) for _ in range(frames)], seeds[0]
 
 
+def _thetas(maximum: float, frames: int) -> torch.Tensor:
+    """θ of each frame: 0 … ``maximum`` evenly (a single frame: 0), float64."""
+    return torch.linspace(0, maximum, frames, dtype=torch.float64) if frames > 1 else torch.zeros(1).double()
+
+
+def _frame_metadata(caption: str, seed: int, edit: dict, thetas: torch.Tensor, common: dict) -> list[dict]:
+    """One metadata dict per frame of an interpolation or text diff: one seed for all, each its θ."""
+    return [
+        {
+            "prompt": caption,
+            "negative_prompt": "",
+            "seed": seed,
+            "index": k,
+            **edit,
+            "theta": round(float(theta), 4),
+            **common,
+        }  # fmt: skip
+        for k, theta in enumerate(thetas.tolist())
+    ]
+
+
 def _describe(item: Any) -> str:
     """A prompt or a file as given; an image opened from a file by its file name; otherwise "image"."""
     if isinstance(item, (str, Path)):
@@ -149,13 +170,11 @@ def vary(
     batch = len(pictures) * num_images_per_prompt
     generators, seeds = image_generators(seed, generator, batch)
     caption = prompt or ""
-    captions = pipe.encode_captions([caption] * batch, guided_stage=uses_guidance(settings["decoder"].guidance))
+    one_each = pipe.encode_captions([caption] * len(pictures), uses_guidance(settings["decoder"].guidance))
+    captions = one_each.repeat(num_images_per_prompt)
     z = z_i.repeat_interleave(num_images_per_prompt, dim=0)
     noise = None
     if invert:
-        one_each = pipe.encode_captions(
-            [caption] * len(pictures), guided_stage=uses_guidance(settings["decoder"].guidance)
-        )
         x_T = _inverted_noise(pipe, pictures, z_i, one_each, settings["decoder"])
         noise = x_T.repeat_interleave(num_images_per_prompt, dim=0)
     x = pipe.render(
@@ -221,25 +240,13 @@ def interpolate(
     size, stages_run, settings = pipe.plan(size, scheduler, stage_args, first_stage=first)
     generators, seed = _same_noise(seed, frames)
     z_a, z_b = (check_finite("embedding", _endpoint(pipe, item, settings, seed)) for item in (start, end))
-    thetas = torch.linspace(0, 1, frames, dtype=torch.float64) if frames > 1 else torch.zeros(1, dtype=torch.float64)
+    thetas = _thetas(1.0, frames)
     z = slerp(z_a.expand(frames, -1), z_b.expand(frames, -1), thetas.to(z_a.device))
     caption = prompt or ""
-    captions = pipe.encode_captions([caption] * frames, guided_stage=uses_guidance(settings["decoder"].guidance))
+    captions = pipe.encode_captions([caption], uses_guidance(settings["decoder"].guidance)).repeat(frames)
     x = pipe.render(z, captions, settings, stages_run, generators, [caption] * frames, [""] * frames)
-    common = pipe.common_metadata(size, settings, stages_run)
     ends = {"edit": "interpolation", "from": _describe(start), "to": _describe(end)}
-    metadata = [
-        {
-            "prompt": caption,
-            "negative_prompt": "",
-            "seed": seed,
-            "index": k,
-            **ends,
-            "theta": round(float(thetas[k]), 4),
-            **common,
-        }
-        for k in range(frames)
-    ]
+    metadata = _frame_metadata(caption, seed, ends, thetas, pipe.common_metadata(size, settings, stages_run))
     return _output(x, output_type, metadata, return_dict)
 
 
@@ -283,13 +290,13 @@ def text_diff(
     generators, seed = _same_noise(seed, frames)
     z_i = check_finite("image encoder", pipe.encode_image(pictures))
     texts = pipe.encode_text([from_prompt, to_prompt], None, pipe._execution_device).embeds
-    thetas = torch.linspace(0, max_theta, frames, dtype=torch.float64) if frames > 1 else torch.zeros(1).double()
+    thetas = _thetas(max_theta, frames)
     z = text_diff_embeddings(z_i[0], texts[0], texts[1], thetas.to(z_i.device))
-    guided_decoder = uses_guidance(settings["decoder"].guidance)
-    captions = pipe.encode_captions([""] * frames, guided_stage=guided_decoder)
+    caption = pipe.encode_captions([""], uses_guidance(settings["decoder"].guidance))
+    captions = caption.repeat(frames)
     noise = None
     if invert:
-        x_T = _inverted_noise(pipe, pictures, z_i, pipe.encode_captions([""], guided_decoder), settings["decoder"])
+        x_T = _inverted_noise(pipe, pictures, z_i, caption, settings["decoder"])
         noise = x_T.expand(frames, -1, -1, -1).contiguous()
     x = pipe.render(
         z,
@@ -303,18 +310,6 @@ def text_diff(
         0.0 if invert else None,
         invert,
     )
-    common = pipe.common_metadata(size, settings, stages_run)
     diff = {"edit": "text_diff", "source": _describe(image), "from": from_prompt, "to": to_prompt, "invert": invert}
-    metadata = [
-        {
-            "prompt": "",
-            "negative_prompt": "",
-            "seed": seed,
-            "index": k,
-            **diff,
-            "theta": round(float(thetas[k]), 4),
-            **common,
-        }
-        for k in range(frames)
-    ]
+    metadata = _frame_metadata("", seed, diff, thetas, pipe.common_metadata(size, settings, stages_run))
     return _output(x, output_type, metadata, return_dict)
