@@ -10,8 +10,9 @@
 #    embeddings cached (`unclip embed`), the prior around it; (b) the two upsamplers, which see no text and so
 #    need no trained CLIP (configs/train/demo-sr256.yaml, demo-sr1024.yaml).
 # 3. The 64 px decoder, on the prior's cascade, with every core ($DECODER_LAUNCH: by default two CPU
-#    processes, accelerate's torchrun launcher; batch_size in demo-decoder.yaml is per process), in two
-#    phases: demo-decoder.yaml, then demo-decoder2.yaml (Min-SNR-γ weighting, from the first's weights).
+#    processes, accelerate's torchrun launcher; batch_size in demo-decoder.yaml is per process), in three
+#    phases, each from the previous one's weights: demo-decoder.yaml, demo-decoder2.yaml (Min-SNR-γ
+#    weighting), demo-decoder3.yaml (multi-resolution training noise: backgrounds and positions).
 # 4. The fp16 export into models/demo/ (text stages from the decoder run, upsamplers from the sr1024 run), and
 #    the shapes evaluation of what was shipped.
 # Everything goes under runs/demo/ and data/; rerunning skips finished steps (a stage is finished when its
@@ -65,9 +66,10 @@ wait $upsamplers || { echo "the upsampler lane failed: see runs/demo-upsampler-l
 export OMP_NUM_THREADS=$HALF   # per decoder process
 stage decoder $DECODER_LAUNCH
 stage decoder2 $DECODER_LAUNCH   # 2,700 more steps with Min-SNR-γ 5, from the first phase's weights
+stage decoder3 $DECODER_LAUNCH   # 2,000 more with pyramid noise: backgrounds and positions from z_i and the caption
 
 step "export fp16 into models/demo"
-python scripts/export_demo.py runs/demo/decoder2/model.yaml --upsamplers runs/demo/sr1024/model.yaml \
+python scripts/export_demo.py runs/demo/decoder3/model.yaml --upsamplers runs/demo/sr1024/model.yaml \
   --clip runs/demo/clip --out models/demo --force
 cp configs/demo.yaml models/demo/model.yaml.tmp  # the demo's own settings, its paths relative to models/demo
 sed -e 's#\.\./models/demo/##' models/demo/model.yaml.tmp > models/demo/model.yaml && rm models/demo/model.yaml.tmp

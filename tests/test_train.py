@@ -101,6 +101,39 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
 
 
+# ---------------------------------------------------------------------------------- training noise
+def test_pyramid_noise_has_unit_variance_and_noisy_low_frequencies():
+    from unclip.train.objectives import pyramid_noise
+
+    like = torch.zeros(64, 3, 64, 64)
+    white = pyramid_noise(torch.Generator().manual_seed(0), like, 0.0)
+    assert torch.equal(white, torch.randn(like.shape, generator=torch.Generator().manual_seed(0)))
+    noise = pyramid_noise(torch.Generator().manual_seed(0), like, 0.8)
+    assert abs(noise.var().item() - 1) < 0.05  # each pixel still N(0, 1): x_T needs no change at sampling
+    # the per-image, per-channel mean (a flat picture's colour) is ~13× noisier than white noise's σ = 1/64
+    assert white.mean((2, 3)).std().item() < 0.03 < 0.1 < noise.mean((2, 3)).std().item()
+    neighbours = (noise[..., 1:, :] * noise[..., :-1, :]).mean().item()
+    assert neighbours > 0.3 and abs((white[..., 1:, :] * white[..., :-1, :]).mean().item()) < 0.02
+    again = pyramid_noise(torch.Generator().manual_seed(0), like, 0.8)
+    assert torch.equal(noise, again)  # a function of the generator only: resumed runs repeat themselves
+
+
+def test_decoder_trains_on_pyramid_noise_when_asked(cascade):
+    from unclip.train.objectives import OBJECTIVES, Frozen
+
+    batch = {"pixel_values": torch.zeros(16, 3, 64, 64), "text": ["a red circle"] * 16}
+    spread = {}
+    for discount in (0.0, 0.8):
+        config = load_train_config(None, ["data.path=d", "data.clip=tiny:32", f"decoder.pyramid_noise={discount}"])
+        objective = OBJECTIVES["decoder"](cascade, config)
+        frozen = Frozen(cascade, clip=lambda pixels: torch.zeros(pixels.shape[0], 32))
+        inputs = objective.prepare(batch, frozen, torch.Generator().manual_seed(0), torch.device("cpu"))
+        spread[discount] = inputs["noise"].mean((2, 3)).std().item()
+    assert spread[0.0] < 0.05 < 0.1 < spread[0.8], spread
+    with pytest.raises(UnclipError, match=r"decoder.pyramid_noise must be in \[0, 1\)"):
+        load_train_config(None, ["data.path=d", "decoder.pyramid_noise=1.5"])
+
+
 # -------------------------------------------------------------------------------------- loss goes down
 def _eval_loss(model_yaml: Path, stage: str, data: Path, config) -> float:
     """The stage's loss on the 8 training samples with a fixed generator: same t, noise and dropout."""

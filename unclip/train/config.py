@@ -60,6 +60,7 @@ class DecoderOptions:
     caption_drop: float = 0.5  # caption replaced by "" (DALL·E 2 §2.1)
     learned_variance: bool | None = None  # None: when the decoder has 6 output channels (Karlo's has)
     vlb_weight: float = 0.001  # λ of the hybrid loss L_simple + λ L_vlb (Nichol & Dhariwal 2021, eq. 16)
+    pyramid_noise: float = 0.0  # > 0: multi-resolution training noise with this discount (0.8 for flat images)
 
 
 @dataclass
@@ -114,6 +115,10 @@ class TrainConfig:
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be ≥ 1, got {self.checkpoint_every}"),
             (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
+            (
+                0 <= self.decoder.pyramid_noise < 1,
+                f"decoder.pyramid_noise must be in [0, 1), got {self.decoder.pyramid_noise}",
+            ),
             (0 < self.sr.crop_fraction <= 1, f"sr.crop_fraction must be in (0, 1], got {self.sr.crop_fraction}"),
             (
                 self.sr.train in ("first", "last", "both"),

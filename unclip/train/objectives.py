@@ -8,7 +8,8 @@ condition dropout, degraded low-res inputs), drawing every random number from th
 * ``prior``: x_0-prediction of the normalised CLIP image embedding from the noised one, the text embedding
   and text tokens; MSE; caption dropped 10% of the time (DALL·E 2 §2.2).
 * ``decoder``: ε-prediction MSE plus λ·L_vlb for the learned variance (Improved DDPM eq. 16); CLIP
-  embedding dropped 10% and caption 50% of the time (DALL·E 2 §2.1).
+  embedding dropped 10% and caption 50% of the time (DALL·E 2 §2.1); optionally on multi-resolution noise
+  (``decoder.pyramid_noise``) so that flat colours and layout are decided by the conditioning.
 * ``sr256`` / ``sr1024``: ε-prediction MSE on random crops of a quarter of the target size, the low-res
   input degraded (Gaussian blur; for 256→1024 also noise and JPEG compression, DALL·E 2 Appendix C) and
   noise-augmented at the inference level.
@@ -68,6 +69,28 @@ def _timesteps(generator: torch.Generator, n: int, high: int) -> torch.Tensor:
 
 def _noise(generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, dtype=torch.float32).to(like.device)
+
+
+def pyramid_noise(generator: torch.Generator, like: torch.Tensor, discount: float) -> torch.Tensor:
+    """Multi-resolution ("pyramid") noise (Whitaker 2023): white noise plus white noise drawn at 1/2, 1/4, ...
+    of the resolution down to 1×1, upsampled (nearest) and weighted discount^level, scaled back to unit
+    variance per pixel. Without it a flat image's mean colour and layout stay readable from x_t up to the
+    last few timesteps (the mean of 64×64 white noise has σ = 1/64), so a decoder learns to read them from
+    the noise instead of from z_i and the caption and at sampling takes them from x_T: backgrounds and
+    positions at random. ``discount`` = 0 is white noise, the same draws as ``_noise``."""
+    noise = _noise(generator, like)
+    if discount <= 0:
+        return noise
+    height, width = like.shape[-2:]
+    variance, level = 1.0, 1
+    while min(height, width) >> (level - 1) > 1:
+        low = (max(1, height >> level), max(1, width >> level))
+        weight = discount**level
+        coarse = torch.randn((*like.shape[:-2], *low), generator=generator, dtype=torch.float32).to(like.device)
+        noise = noise + weight * F.interpolate(coarse, size=(height, width), mode="nearest")
+        variance += weight**2
+        level += 1
+    return noise / variance**0.5
 
 
 def _weights(process: Process, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -139,7 +162,7 @@ class DecoderObjective(nn.Module):
         if x0.shape[-1] != self.size:
             x0 = F.interpolate(x0, size=(self.size, self.size), mode="bicubic", antialias=True).clamp(-1, 1)
         t = _timesteps(g, n, self.process.num_timesteps)
-        noise = _noise(g, x0)
+        noise = pyramid_noise(g, x0, self.options.pyramid_noise)
         td = t.to(device)
         return dict(
             x0=x0, x_t=self.process.q_sample(x0, td, noise), t=td, noise=noise, z_i=z_i,
