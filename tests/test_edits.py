@@ -205,6 +205,10 @@ def test_inverted_variations_are_recorded_and_eta_controls_the_spread(variations
     far = variations.vary(_picture(), eta=1.0, num_images_per_prompt=2, **kwargs)
     meta = close.metadata[0]
     assert meta["invert"] is True and meta["eta"] == 0.0 and meta["stages"]["decoder"]["scheduler"] == "ddim"
+    assert meta["stages"]["decoder"]["guidance"] == 1.0  # inverted edits run unguided unless asked
+    guided = variations.vary(_picture(), eta=0.0, decoder_guidance_scale=5.0, **kwargs)
+    assert guided.metadata[0]["stages"]["decoder"]["guidance"] == 5.0
+    assert np.abs(guided.images[0] - close.images[0]).mean() > 1e-3
     np.testing.assert_allclose(close.images[0], close.images[1], atol=1e-5)  # η = 0: deterministic
     assert np.abs(far.images[0] - far.images[1]).mean() > np.abs(close.images[0] - close.images[1]).mean() + 1e-3
     with pytest.raises(UnclipError, match="eta must be in"):
