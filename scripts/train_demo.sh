@@ -71,8 +71,7 @@ stage decoder3 $DECODER_LAUNCH   # 2,000 more with pyramid noise: backgrounds an
 step "export fp16 into models/demo"
 python scripts/export_demo.py runs/demo/decoder3/model.yaml --upsamplers runs/demo/sr1024/model.yaml \
   --clip runs/demo/clip --out models/demo --force
-cp configs/demo.yaml models/demo/model.yaml.tmp  # the demo's own settings, its paths relative to models/demo
-sed -e 's#\.\./models/demo/##' models/demo/model.yaml.tmp > models/demo/model.yaml && rm models/demo/model.yaml.tmp
+sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, paths relative to it
 step "evaluate"
 rm -f runs/demo/eval-64.json
 unclip eval shapes --model demo --n 96 --size 64 --report runs/demo/eval-64.json --quiet
