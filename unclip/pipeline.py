@@ -47,6 +47,8 @@ from unclip.pipeline_utils import (
 )
 from unclip.sampling import initial_noise, sample
 from unclip.schedulers import make_scheduler
+from unclip.speedups import Speedups, vae_decode_dtype
+from unclip.speedups import apply as apply_speedups
 from unclip.stages import (
     DecoderDenoiser,
     LatentUpscalerDenoiser,
@@ -127,6 +129,9 @@ class UnCLIPCascade(DiffusionPipeline):
         )
         self.max_noise_level = max_noise_level
         self._clip_image_encoder: ClipImageEncoder | None = None  # the model config's, loaded on first use
+        self.speedups = Speedups()
+        self._compiled: dict[str, Any] = {}  # component name -> its torch.compile'd callable, when switched on
+        self._compile_cache: dict[tuple, Any] = {}
         self.model_config = model_config or ModelConfig(unclip="", upscaler="x4" if upscaler_unet else None)
 
     # ----------------------------------------------------------------------------------------- loading
@@ -201,6 +206,25 @@ class UnCLIPCascade(DiffusionPipeline):
         check_attention(backend, self._execution_device)
         self.enable_xformers_memory_efficient_attention()
         self._xformers = True
+
+    def enable_speedups(self, speedups: Speedups) -> None:
+        """Switch the GPU speed-ups of ``unclip.speedups`` on and off (each field; call again to change)."""
+        self._compiled = apply_speedups(self, speedups)
+        self.speedups = speedups
+
+    def _model(self, name: str):
+        """The component that denoises, or its compiled form when ``speedups.compile`` names its stage."""
+        return self._compiled.get(name, getattr(self, name))
+
+    def _sample(self, denoiser, scheduler, x_T, s: StageSettings, generators, desc: str, **kwargs) -> torch.Tensor:
+        """``unclip.sampling.sample`` for one stage, with this cascade's progress bar and speed-ups."""
+        return sample(
+            denoiser, scheduler, x_T, s.steps, generators, desc=desc, progress=self._progress,
+            host_timesteps=self.speedups.host_timesteps, **kwargs,
+        )  # fmt: skip
+
+    def _guided(self, denoiser, scale: float, guided_channels: int | None = None):
+        return guided(denoiser, scale, guided_channels, split=self.speedups.split_guidance)
 
     def stage_settings(
         self, overrides: dict[str, dict[str, Any]] | None = None, stages: tuple[str, ...] = STAGES
@@ -292,10 +316,10 @@ class UnCLIPCascade(DiffusionPipeline):
             best = clip_similarity(candidates, text.prompt_embeds()[:, None]).argmax(dim=1)
             return candidates[torch.arange(batch, device=best.device), best]
         rows = text.rows(uses_guidance(s.guidance))
-        denoiser = guided(PriorDenoiser(self.prior, rows.embeds, rows.hidden_states, rows.mask), s.guidance)
+        prior = PriorDenoiser(self._model("prior"), rows.embeds, rows.hidden_states, rows.mask)
         x_T = initial_noise((batch, self.prior.config.embedding_dim), generators, rows.embeds.device, rows.embeds.dtype)
         scheduler = make_scheduler(s.scheduler, self.prior_scheduler)
-        z = sample(denoiser, scheduler, x_T, s.steps, generators, desc="prior", progress=self._progress)
+        z = self._sample(self._guided(prior, s.guidance), scheduler, x_T, s, generators, "prior")
         return self.prior.post_process_latents(z)  # undo the clip_mean/clip_std normalisation
 
     def decoder_denoiser(self, image_embeds: torch.Tensor, text: TextConditioning, s: StageSettings):
@@ -310,7 +334,7 @@ class UnCLIPCascade(DiffusionPipeline):
         )
         mask = F.pad(rows.mask, (self.text_proj.config.clip_extra_context_tokens, 0), value=True)
         channels = self.decoder.config.in_channels
-        return guided(DecoderDenoiser(self.decoder, hidden, time_embeds, mask), s.guidance, channels)
+        return self._guided(DecoderDenoiser(self._model("decoder"), hidden, time_embeds, mask), s.guidance, channels)
 
     def run_decoder(
         self,
@@ -334,14 +358,13 @@ class UnCLIPCascade(DiffusionPipeline):
             x_T = initial_noise(shape, generators, image_embeds.device, self.decoder.dtype)
         scheduler = make_scheduler(s.scheduler, self.decoder_scheduler)
         step_kwargs = {"eta": eta} if eta is not None else None
-        x = sample(
+        x = self._sample(
             denoiser,
             scheduler,
             x_T,
-            s.steps,
+            s,
             generators,
-            desc="decoder",
-            progress=self._progress,
+            "decoder",
             step_kwargs=step_kwargs,
             start=s.start if inverted else 0,
         )
@@ -352,10 +375,8 @@ class UnCLIPCascade(DiffusionPipeline):
         Karlo's ``super_res_first`` runs every step but the last, ``super_res_last`` the last."""
         x_T, low_res = _pixel_upsampler_inputs(image, self.super_res_first, s, generators)
         scheduler = make_scheduler(s.scheduler, self.super_res_scheduler)
-        denoiser = SuperResDenoiser(self.super_res_first, self.super_res_last, low_res, s.steps)
-        return sample(
-            denoiser, scheduler, x_T, s.steps, generators, desc="sr256", progress=self._progress, **_start(s, low_res)
-        )
+        denoiser = SuperResDenoiser(self._model("super_res_first"), self._model("super_res_last"), low_res, s.steps)
+        return self._sample(denoiser, scheduler, x_T, s, generators, "sr256", **_start(s, low_res))
 
     def run_sr1024(
         self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators
@@ -370,10 +391,8 @@ class UnCLIPCascade(DiffusionPipeline):
         input channels of one UNet without attention; no text, so no guidance (``s.guidance`` is ignored)."""
         x_T, low_res = _pixel_upsampler_inputs(image.clamp(-1, 1), self.upscaler_unet, s, generators)
         scheduler = make_scheduler(s.scheduler, self.upscaler_scheduler)
-        denoiser = PixelUpsamplerDenoiser(self.upscaler_unet, low_res)
-        return sample(
-            denoiser, scheduler, x_T, s.steps, generators, desc="sr1024", progress=self._progress, **_start(s, low_res)
-        )
+        denoiser = PixelUpsamplerDenoiser(self._model("upscaler_unet"), low_res)
+        return self._sample(denoiser, scheduler, x_T, s, generators, "sr1024", **_start(s, low_res))
 
     def run_x4_sr1024(
         self, image: torch.Tensor, prompts: list[str], negatives: list[str], s: StageSettings, generators
@@ -391,17 +410,16 @@ class UnCLIPCascade(DiffusionPipeline):
         low_res = _augment(low_res, level, self.upscaler_low_res_scheduler, generators)
         repeat = 2 if use_cfg else 1
         denoiser = LatentUpscalerDenoiser(
-            self.upscaler_unet, torch.cat([low_res] * repeat), level.repeat(low_res.shape[0] * repeat), hidden
+            self._model("upscaler_unet"), torch.cat([low_res] * repeat), level.repeat(low_res.shape[0] * repeat), hidden
         )
         vae = self.upscaler_vae
         shape = (image.shape[0], vae.config.latent_channels, *image.shape[2:])
         x_T = initial_noise(shape, generators, device, hidden.dtype)
         scheduler = make_scheduler(s.scheduler, self.upscaler_scheduler)
-        latents = sample(
-            guided(denoiser, s.guidance), scheduler, x_T, s.steps, generators, desc="sr1024", progress=self._progress
-        )
-        if vae.dtype == torch.float16:  # the x4 VAE overflows in float16: decode in float32, as the reference does
-            vae.to(torch.float32)
+        latents = self._sample(self._guided(denoiser, s.guidance), scheduler, x_T, s, generators, "sr1024")
+        decode_dtype = vae_decode_dtype(self.speedups, hidden.dtype)  # never float16: the x4 VAE overflows in it
+        if vae.dtype != decode_dtype:  # (nn.Module's own .to: ModelMixin's warns of fp32 modules this VAE lacks)
+            torch.nn.Module.to(vae, decode_dtype)
         check_finite("sr1024 (latents)", latents)
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
 
@@ -507,6 +525,7 @@ class UnCLIPCascade(DiffusionPipeline):
             "model": self.model_config.name,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self._execution_device.type,
+            **({"speedups": self.speedups.describe()} if self.speedups != Speedups() else {}),
             "stages": {stage: dataclasses.asdict(settings[stage]) for stage in stages_run},
         }
 

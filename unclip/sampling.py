@@ -40,13 +40,18 @@ def sample(
     step_kwargs: dict | None = None,
     init: torch.Tensor | None = None,
     start: int = 0,
+    host_timesteps: bool = True,
 ) -> torch.Tensor:
     """Run the reverse process from x_T for ``num_steps`` steps of ``scheduler``; returns x_0.
 
     ``start`` > 0 with an ``init`` image (SDEdit, Meng et al. 2022): only the steps at timesteps ≤ ``start``
     run, from x_t = √ᾱ_t init + √(1 − ᾱ_t) x_T at the first of them (DDPM eq. 4) instead of pure noise.
-    ``start`` > 0 without ``init``: ``x_T`` already is x_t at the first of them (e.g. a DDIM inversion)."""
-    scheduler.set_timesteps(num_steps, device=x_T.device)
+    ``start`` > 0 without ``init``: ``x_T`` already is x_t at the first of them (e.g. a DDIM inversion).
+
+    ``host_timesteps``: the scheduler keeps its timesteps on the CPU, so its per-step branches and look-ups
+    never wait for the device; the denoiser gets them from one copy on ``x_T``'s device. False: the
+    timesteps live on the device, as in the reference pipelines (a host sync at every ``t > 0``)."""
+    scheduler.set_timesteps(num_steps, device="cpu" if host_timesteps else x_T.device)
     timesteps = scheduler.timesteps
     step_params = inspect.signature(scheduler.step).parameters
     x = x_T * scheduler.init_noise_sigma
@@ -59,9 +64,11 @@ def sample(
             scheduler.set_begin_index(first)
         x = scheduler.add_noise(init, x_T, timesteps[first : first + 1]) if init is not None else x_T
         timesteps = timesteps[first:]
+    model_timesteps = timesteps.to(x.device, non_blocking=True)  # one copy, before the loop; the scheduler keeps
+    # the CPU tensor alive, so the asynchronous copy may read it (and no host sync for it, even from pageable memory)
     keep_variance = uses_learned_variance(scheduler)
     for i, t in enumerate(progress(timesteps, desc) if progress else timesteps):
-        model_output = denoiser(scheduler.scale_model_input(x, t), t, first + i)
+        model_output = denoiser(scheduler.scale_model_input(x, t), model_timesteps[i], first + i)
         if model_output.shape[1] != x.shape[1] and not keep_variance:
             model_output = model_output[:, : x.shape[1]]  # drop the learned variance the sampler doesn't use
         kwargs = dict(step_kwargs or {})

@@ -1,0 +1,161 @@
+"""GPU speed switches for the cascade, each one measurable on and off with ``scripts/benchmark.py --speedups``.
+
+    from unclip.speedups import Speedups, named
+    pipe.enable_speedups(Speedups(compile=("prior", "decoder"), vae_dtype="bf16"))   # then call pipe as usual
+    pipe.enable_speedups(named("graphs"))          # a preset (PRESETS); `unclip generate --speedups graphs`
+
+* ``host_timesteps`` (on by default): the step loop keeps each scheduler's timesteps on the CPU, where its
+  branches (``t > 0``, ``prev_timestep >= 0``) and table look-ups cost no device sync, and gives the model a
+  device copy made once before the loop. Off: timesteps on the device, as the reference pipelines do, so
+  ``UnCLIPScheduler.step`` waits for the GPU several times a step. (Drawing each step's noise from the
+  images' CPU generators still copies it to the device once a step: the price of a seed that makes the same
+  picture on every device.)
+* ``channels_last``: the UNets and the VAE in NHWC memory format, the layout tensor-core convolutions read.
+* ``compile``: the stages whose denoising model(s) go through ``torch.compile``; mode ``reduce-overhead``
+  replays each forward as a CUDA graph, one launch a step instead of a thousand kernel launches (the prior,
+  the 64 px decoder and the 64→256 UNets are launch-bound on an H100). ``fullgraph`` refuses graph breaks.
+* ``vae_dtype``: the dtype the x4 upscaler's VAE decodes in. None: as the reference, float32 when the
+  cascade runs in float16 (it overflows in float16: black images), else the cascade's dtype. ``bf16``:
+  bfloat16 has float32's range, so it does not overflow, at half the memory traffic.
+* ``vae_tiling``: decode the 1024 px image in overlapping tiles (diffusers' ``enable_tiling``): less memory;
+  the VAE's mid-block attention then sees one tile, not the whole picture, so pixels change.
+* ``split_guidance``: classifier-free guidance as two forwards (unconditional, conditional) instead of one
+  batched forward: what batched guidance is measured against, and a little less activation memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from unclip.errors import UnclipError
+
+# the pipeline components that denoise in each stage (what ``compile`` compiles)
+STAGE_MODELS = {
+    "prior": ("prior",),
+    "decoder": ("decoder",),
+    "sr256": ("super_res_first", "super_res_last"),
+    "sr1024": ("upscaler_unet",),
+}
+# what ``channels_last`` converts (convolutional models only)
+CONV_MODELS = ("decoder", "super_res_first", "super_res_last", "upscaler_unet", "upscaler_vae")
+VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class Speedups:
+    host_timesteps: bool = True
+    channels_last: bool = False
+    compile: tuple[str, ...] = ()
+    compile_mode: str = "reduce-overhead"
+    compile_backend: str = "inductor"  # "aot_eager" checks tracing without code generation (CPU tests)
+    fullgraph: bool = True
+    vae_dtype: str | None = None
+    vae_tiling: bool = False
+    split_guidance: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "compile", tuple(self.compile))
+        unknown = [stage for stage in self.compile if stage not in STAGE_MODELS]
+        if unknown:
+            raise UnclipError(f"compile: unknown stage '{unknown[0]}'; stages: {', '.join(STAGE_MODELS)}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise UnclipError(f"compile_mode '{self.compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
+        if self.vae_dtype is not None and self.vae_dtype not in VAE_DTYPES:
+            raise UnclipError(f"vae_dtype '{self.vae_dtype}' is not one of: {', '.join(VAE_DTYPES)} (or None)")
+
+    @classmethod
+    def none(cls) -> Speedups:
+        """Every switch off: the reference pipelines' way (timesteps on the device, fp32 VAE under fp16)."""
+        return cls(host_timesteps=False)
+
+    def describe(self) -> str:
+        """The switches that differ from ``Speedups()``, e.g. ``compile=prior+decoder, vae_dtype=bf16``."""
+        changed = []
+        for field in dataclasses.fields(self):
+            value, default = getattr(self, field.name), field.default
+            if value != default and not (field.name.startswith("compile_") or field.name == "fullgraph"):
+                changed.append(f"{field.name}={'+'.join(value) if field.name == 'compile' else value}")
+        if self.compile and self.compile_mode != "reduce-overhead":
+            changed.append(f"compile_mode={self.compile_mode}")
+        return ", ".join(changed) or "defaults"
+
+
+# Named configurations (``--speedups NAME`` of the CLI and of scripts/benchmark.py): "off" is the reference
+# pipelines' way, "default" what UnCLIPCascade does unless told; each eager switch alone; and a cumulative ladder
+# (no_compile → graphs → fast) that compiles each model once however many of its rungs a benchmark measures.
+PRESETS: dict[str, Callable[[], Speedups]] = {
+    "off": Speedups.none,
+    "default": Speedups,
+    "split_guidance": lambda: Speedups(split_guidance=True),
+    "channels_last": lambda: Speedups(channels_last=True),
+    "vae_bf16": lambda: Speedups(vae_dtype="bf16"),
+    "vae_tiled": lambda: Speedups(vae_tiling=True),
+    "no_compile": lambda: Speedups(channels_last=True, vae_dtype="bf16"),
+    "graphs": lambda: Speedups(channels_last=True, vae_dtype="bf16", compile=("prior", "decoder", "sr256")),
+    "fast": lambda: Speedups(channels_last=True, vae_dtype="bf16", compile=tuple(STAGE_MODELS)),
+}
+
+
+def named(name: str, compile_backend: str | None = None) -> Speedups:
+    """The preset ``name``; ``compile_backend`` replaces torch.compile's backend (e.g. aot_eager for tests)."""
+    if name not in PRESETS:
+        raise UnclipError(f"unknown speed-up preset '{name}'; choose from: {', '.join(PRESETS)}")
+    speedups = PRESETS[name]()
+    return dataclasses.replace(speedups, compile_backend=compile_backend) if compile_backend else speedups
+
+
+def compiled(module: torch.nn.Module, speedups: Speedups):
+    """``module`` through torch.compile (sharing its weights). In ``reduce-overhead`` mode each call marks a new
+    CUDA-graph step first, so an output replayed over by the next step is never one still in use."""
+    inductor = speedups.compile_backend == "inductor"
+    mode = {"mode": speedups.compile_mode} if inductor else {}  # the other backends take no mode
+    fast = torch.compile(module, backend=speedups.compile_backend, fullgraph=speedups.fullgraph, dynamic=False, **mode)
+    if not inductor or speedups.compile_mode not in ("reduce-overhead", "max-autotune"):
+        return fast  # no CUDA graphs
+
+    def run(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return fast(*args, **kwargs)
+
+    return run
+
+
+def apply(pipe, speedups: Speedups) -> dict[str, object]:
+    """Set ``pipe``'s modules as ``speedups`` says (undoing what it turns off); returns the compiled callables by
+    component name, which the stages run instead of the modules (``pipe._compile_cache`` keeps them all)."""
+    if speedups.compile and getattr(pipe, "_offload_gpu_id", None) is not None:
+        raise UnclipError("compile and model CPU offload don't mix (offload moves weights each call): choose one")
+    memory_format = torch.channels_last if speedups.channels_last else torch.contiguous_format
+    for name in CONV_MODELS:
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.to(memory_format=memory_format)
+    vae = getattr(pipe, "upscaler_vae", None)
+    if vae is not None and speedups.vae_tiling:
+        vae.enable_tiling()
+    elif vae is not None:
+        vae.disable_tiling()
+    cache = pipe._compile_cache  # compiled once per module and compiler, kept when a switch goes off and on
+    fast = {}
+    for stage in speedups.compile:
+        for name in STAGE_MODELS[stage]:
+            module = getattr(pipe, name, None)
+            if module is None:
+                continue
+            key = (name, speedups.compile_mode, speedups.compile_backend, speedups.fullgraph)
+            if key not in cache:
+                cache[key] = compiled(module, speedups)
+            fast[name] = cache[key]
+    return fast
+
+
+def vae_decode_dtype(speedups: Speedups, cascade_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the x4 VAE decodes in (see ``vae_dtype``)."""
+    if speedups.vae_dtype is not None:
+        return VAE_DTYPES[speedups.vae_dtype]
+    return torch.float32 if cascade_dtype == torch.float16 else cascade_dtype
