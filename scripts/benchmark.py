@@ -3,14 +3,18 @@
     python scripts/benchmark.py                                   # full-size random-weight replicas, GPU, fp16
     python scripts/benchmark.py --preset fast --batch 1 4 8       # x4 stage at 20 DPM-Solver++ steps
     python scripts/benchmark.py --model karlo-x4 --dtype bf16     # the real weights
+    python scripts/benchmark.py --speedups off default vae_bf16 graphs fast   # each speed-up on and off
     python scripts/benchmark.py --tiny --preset smoke --runs 1    # CPU smoke test on tiny replicas (CI)
 
-Per batch size: each stage's time (CUDA events) and the whole image (median of --runs after --warmup), peak
-GPU memory, FLOPs per stage (torch.utils.flop_counter, one extra run) and the fraction of the GPU's dense
-fp16/bf16 peak they reach; then, unless --no-diffusers, the same settings through UnCLIPPipeline and
-StableDiffusionUpscalePipeline built on the same modules, for a ratio. Writes --json and prints one markdown
-row per batch size for docs/benchmarks.md. Full-size replicas are built from --configs (the real repos'
-configs) with random weights: speed does not depend on weight values, but their pictures mean nothing.
+Per batch size, first the diffusers chain (unless --no-diffusers): the same settings through UnCLIPPipeline and
+StableDiffusionUpscalePipeline built on the same modules, seeded like unclip (a CPU generator). Then per
+--speedups preset (unclip.speedups.PRESETS): each stage's time (CUDA events) and the whole image
+(median of --runs after --warmup, which also absorbs torch.compile), peak GPU memory, the speed-up over the
+chain and, at batch 1, how far the image is from the chain's; FLOPs per stage (torch.utils.flop_counter, one
+extra run per batch size) and the fraction of the GPU's dense fp16/bf16 peak reached. Prints a markdown row
+for docs/benchmarks.md as each is measured and rewrites --json after each (a run cut short keeps its rows).
+Full-size replicas are built from --configs (the real repos' configs) with random weights: speed does not
+depend on weight values, but their pictures mean nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("--dtype", choices=tuple(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
     p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa")
+    p.add_argument("--speedups", nargs="+", default=["default"], metavar="NAME",
+                   help="speed-up presets to measure, one row each (unclip.speedups.PRESETS)")  # fmt: skip
+    p.add_argument("--compile-backend", help="torch.compile backend for the compiling configurations "
+                   "(default inductor; aot_eager traces without code generation)")  # fmt: skip
     p.add_argument("--offload", action="store_true", help="model CPU offload (peak memory with it)")
     p.add_argument("--no-diffusers", dest="diffusers", action="store_false", help="skip the reference chain")
     p.add_argument("--peak-tflops", type=float, help="the device's dense fp16 peak (default: from its name)")
@@ -83,43 +91,80 @@ def peak_tflops(args, device: torch.device) -> float | None:
     return next((value for key, value in PEAK_TFLOPS.items() if key in name), None)
 
 
-def bench_batch(pipe, chain, args, device, settings, batch: int) -> dict:
-    from unclip.benchmarking import StageClock, call_kwargs, measure, median, synchronize
+def flops_per_stage(pipe, kwargs: dict, device) -> dict[str, float]:
+    """TFLOP per stage of one call, counted by torch.utils.flop_counter (not timed: counting slows it)."""
+    from unclip.benchmarking import StageClock, synchronize
 
-    kwargs = dict(num_images_per_prompt=batch, seed=0, size=1024, output_type="pt", **call_kwargs(settings))
+    with StageClock(pipe, count_flops=True) as counter:
+        pipe(PROMPT, **kwargs)
+        synchronize(device)
+    return {stage: value / 1e12 for stage, value in counter.flops.items()}
+
+
+def bench_speedups(pipe, name: str, args, device, kwargs: dict) -> tuple[dict, torch.Tensor]:
+    """One configuration at one batch size: the row's timings and peak memory, and its last images."""
+    from unclip.benchmarking import StageClock, measure, median
+    from unclip.speedups import named
+
+    speedups = named(name, args.compile_backend)
+    pipe.enable_speedups(speedups)
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     per_run: list[dict[str, float]] = []
+    last = {}
     with StageClock(pipe) as clock:
 
         def one() -> None:
             clock.reset()
-            pipe(PROMPT, **kwargs)
+            last["images"] = pipe(PROMPT, **kwargs).images
             per_run.append(clock.seconds())
 
         total = measure(one, device, args.runs, args.warmup)
     stages = {stage: median([r[stage] for r in per_run[args.warmup :]]) for stage in per_run[-1]}
-    peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    with StageClock(pipe, count_flops=True) as counter:  # one more run, counted (not timed)
-        pipe(PROMPT, **kwargs)
-        synchronize(device)
-    flops = dict(counter.flops)
     row = {
-        "batch": batch,
+        "speedups": name,
+        "switches": speedups.describe(),
+        "batch": kwargs["num_images_per_prompt"],
         "total_s": median(total),
-        "images_per_s": batch / median(total),
+        "images_per_s": kwargs["num_images_per_prompt"] / median(total),
         "stages_s": stages,
-        "tflop": {stage: value / 1e12 for stage, value in flops.items()},
-        "peak_memory_gib": peak_gb,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
-    peak = peak_tflops(args, device)
-    if peak:
-        row["fraction_of_peak"] = sum(flops.values()) / 1e12 / row["total_s"] / peak
+    return row, last["images"]
+
+
+def bench_batch(pipe, chain, args, device, settings, batch: int, emit) -> None:
+    """Every --speedups configuration at ``batch`` images a call, each row handed to ``emit`` when measured."""
+    from unclip.benchmarking import call_kwargs, image_difference, measure, median
+    from unclip.speedups import Speedups
+
+    kwargs = dict(num_images_per_prompt=batch, seed=0, size=1024, output_type="pt", **call_kwargs(settings))
+    pipe.enable_speedups(Speedups.none())  # the modules as the chain expects them (its VAE, its memory format)
+    tflop = flops_per_stage(pipe, kwargs, device)
+    reference = {}
     if chain is not None:
-        reference = measure(lambda: chain(PROMPT, 0, settings, batch), device, args.runs, args.warmup)
-        row["diffusers_s"] = median(reference)
-        row["speedup"] = row["diffusers_s"] / row["total_s"]
-    return row
+
+        def run_chain() -> None:
+            reference["images"] = chain(PROMPT, 0, settings, batch)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        reference["s"] = median(measure(run_chain, device, args.runs, args.warmup))
+        reference["gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    peak = peak_tflops(args, device)
+    for name in args.speedups:
+        row, images = bench_speedups(pipe, name, args, device, kwargs)
+        row["tflop"] = tflop
+        if peak:
+            row["fraction_of_peak"] = sum(tflop.values()) / row["total_s"] / peak
+        if reference:
+            row["diffusers_s"] = reference["s"]
+            row["diffusers_peak_memory_gib"] = reference["gib"]
+            row["speedup"] = reference["s"] / row["total_s"]
+            if batch == 1:  # the same seed draws the same noise only image by image
+                row["vs_diffusers"] = image_difference(images, reference["images"])
+        emit(row)
 
 
 def markdown_row(result: dict, row: dict) -> str:
@@ -127,10 +172,13 @@ def markdown_row(result: dict, row: dict) -> str:
     memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "–"
     reference = f"{row['diffusers_s']:.2f} s ({row['speedup']:.2f}×)" if "diffusers_s" in row else "–"
     fraction = f"{100 * row['fraction_of_peak']:.0f} %" if "fraction_of_peak" in row else "–"
+    vs = row.get("vs_diffusers")
+    match = "–" if vs is None else ("NaN" if vs["nan"] else f"{vs['max_abs_diff']:.3f} / {vs['mean_abs_diff']:.4f}")
     return (
         f"| {result['date']} | {result['device']} | {result['weights']} | {result['preset']} | {result['dtype']} | "
-        f"{row['batch']} | {row['total_s']:.2f} s | {stages} | {sum(row['tflop'].values()):.1f} | {fraction} | "
-        f"{memory} | {reference} | torch {result['torch']}, diffusers {result['diffusers']} |"
+        f"{row['speedups']} ({row['switches']}) | {row['batch']} | {row['total_s']:.2f} s | {stages} | "
+        f"{sum(row['tflop'].values()):.1f} | {fraction} | {memory} | {reference} | {match} | "
+        f"torch {result['torch']}, diffusers {result['diffusers']}, {result['attention']} |"
     )
 
 
@@ -142,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from unclip.benchmarking import PRESETS, diffusers_chain
         from unclip.cli import quiet_libraries
+        from unclip.speedups import named
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if args.tiny and args.model:
@@ -149,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cpu" and not (args.tiny or args.model):
             raise UnclipError("full-size replicas need a CUDA GPU; on a CPU run the smoke test: --tiny")
         dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+        configurations = [named(name, args.compile_backend) for name in args.speedups]  # names checked
+        if args.offload and any(speedups.compile for speedups in configurations):
+            raise UnclipError("--offload and the compiling --speedups configurations don't mix: drop one")
         if args.json and args.json.exists():
             raise UnclipError(f"{args.json} exists: give a new --json file (results are never overwritten)")
         if args.model and args.diffusers:  # before loading anything
@@ -181,12 +233,18 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
             "command": " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
-            "rows": [bench_batch(pipe, chain, args, device, settings, batch) for batch in args.batch],
+            "rows": [],
         }
-        for row in result["rows"]:
-            print(markdown_row(result, row))
+
+        def emit(row: dict) -> None:
+            result["rows"].append(row)
+            print(markdown_row(result, row), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+        for batch in args.batch:
+            bench_batch(pipe, chain, args, device, settings, batch, emit)
         if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
             print(f"results: {args.json}")
         return 0
 

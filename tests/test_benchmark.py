@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unclip import UnCLIPCascade
-from unclip.benchmarking import PRESETS, StageClock, call_kwargs, full_size_cascade
+from unclip.benchmarking import PRESETS, StageClock, call_kwargs, full_size_cascade, image_difference
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 STAGES = {"text", "prior", "decoder", "sr256", "sr1024"}
@@ -21,16 +21,32 @@ def _main():
 
 def test_the_smoke_run_times_counts_and_compares_every_stage(tmp_path, capsys):
     report = tmp_path / "bench.json"
-    assert _main()(["--tiny", "--preset", "smoke", "--runs", "1", "--warmup", "0", "--json", str(report)]) == 0
+    argv = ["--tiny", "--preset", "smoke", "--runs", "1", "--warmup", "0", "--json", str(report)]
+    assert _main()([*argv, "--speedups", "off", "split_guidance"]) == 0
     result = json.loads(report.read_text())
-    (row,) = result["rows"]
-    assert set(row["stages_s"]) == set(row["tflop"]) == STAGES
-    assert all(t > 0 for t in row["stages_s"].values()) and sum(row["stages_s"].values()) <= row["total_s"] * 1.05
-    assert all(f > 0 for f in row["tflop"].values()) and row["tflop"]["sr1024"] > row["tflop"]["decoder"]
-    assert row["diffusers_s"] > 0 and row["speedup"] == pytest.approx(row["diffusers_s"] / row["total_s"])
+    assert [row["speedups"] for row in result["rows"]] == ["off", "split_guidance"]
+    for row in result["rows"]:
+        assert set(row["stages_s"]) == set(row["tflop"]) == STAGES
+        assert all(t > 0 for t in row["stages_s"].values()) and sum(row["stages_s"].values()) <= row["total_s"] * 1.05
+        assert all(f > 0 for f in row["tflop"].values()) and row["tflop"]["sr1024"] > row["tflop"]["decoder"]
+        assert row["diffusers_s"] > 0 and row["speedup"] == pytest.approx(row["diffusers_s"] / row["total_s"])
+        # the same seed, the same picture as the diffusers chain (fp32 on CPU: as tests/test_parity.py)
+        assert not row["vs_diffusers"]["nan"] and row["vs_diffusers"]["max_abs_diff"] < 1e-3
+    assert result["rows"][1]["switches"] == "split_guidance=True"
     assert result["weights"] == "tiny replicas" and result["torch"] == torch.__version__
     printed = capsys.readouterr().out
-    assert "| tiny replicas | smoke | float32 | 1 |" in printed and f"results: {report}" in printed
+    assert "| tiny replicas | smoke | float32 | off (host_timesteps=False) | 1 |" in printed
+    assert f"results: {report}" in printed
+
+
+def test_the_image_difference_sees_a_change_and_nans():
+    a = torch.rand(1, 3, 8, 8)
+    assert image_difference(a, a) == {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "nan": False}
+    b = a.clone()
+    b[0, 0, 0, 0] += 0.5
+    assert image_difference(b, a)["max_abs_diff"] == pytest.approx(0.5)
+    b[0, 0, 0, 1] = float("nan")
+    assert image_difference(b, a)["nan"] and image_difference(b, a)["max_abs_diff"] == float("inf")
 
 
 def test_flops_are_counted_per_stage_and_scale_with_steps(cascade):
@@ -64,6 +80,8 @@ def test_replicas_built_from_configs_have_the_loaded_sizes(replica_root, cascade
         (["--tiny", "--model", "demo"], "give --tiny or --model, not both"),
         (["--model", "x"], "unknown model 'x'"),
         (["--model", "demo", "--preset", "smoke"], "add --no-diffusers"),
+        (["--tiny", "--speedups", "faster"], "unknown speed-up preset 'faster'; choose from: off, default"),
+        (["--tiny", "--offload", "--speedups", "default", "graphs"], "--offload and the compiling --speedups"),
     ],
 )
 def test_mistakes_are_one_line(argv, message, tmp_path, capsys):

@@ -198,7 +198,7 @@ def diffusers_chain(pipe) -> Callable[..., torch.Tensor]:
         reference.set_progress_bar_config(disable=True)
 
     def run(prompt: str, seed: int, settings: dict, batch: int = 1) -> torch.Tensor:
-        generator = torch.Generator(pipe._execution_device).manual_seed(seed)
+        generator = torch.Generator("cpu").manual_seed(seed)  # unclip's seed: at batch 1 the same noise
         s = settings
         low = unclip(
             [prompt] * batch,
@@ -231,6 +231,17 @@ PRESETS: dict[str, Callable[[], dict[str, StageSettings]]] = {
     # two steps a stage: the CPU smoke test of the harness itself
     "smoke": lambda: {s: dataclasses.replace(v, steps=2) for s, v in karlo_defaults().items()},
 }
+
+
+def image_difference(ours: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """How far two batches of [0, 1] images are apart: max and mean absolute difference, NaNs counted."""
+    ours, reference = ours.float().cpu(), reference.float().cpu()
+    difference = (ours - reference).abs()
+    return {
+        "max_abs_diff": float(difference.nan_to_num(float("inf")).max()),
+        "mean_abs_diff": float(difference.nan_to_num(1.0).mean()),
+        "nan": bool(ours.isnan().any() or reference.isnan().any()),
+    }
 
 
 def call_kwargs(settings: dict) -> dict:
