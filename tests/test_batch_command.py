@@ -83,6 +83,8 @@ def test_rerun_resumes_and_another_command_is_refused(tmp_path, prompts, model_y
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == first  # nothing rewritten
     assert main([*argv, "--seed", "5"]) == 2
     assert "holds a run of another command (seed differs)" in capsys.readouterr().err
+    assert main([*argv, "--speedups", "channels_last"]) == 2  # speed-ups move pixels a little, as a dtype does
+    assert "(speedups differs)" in capsys.readouterr().err
     prompts.write_text(PROMPTS + "a white pyramid\n")  # a row added at the end
     assert main(argv) == 2
     assert main([*argv, "--append"]) == 0 and "8 of 10 were already done" in capsys.readouterr().out

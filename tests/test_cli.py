@@ -41,6 +41,16 @@ def test_generate_writes_pngs_with_metadata(tmp_path, user_yaml, size, capsys):
     assert str(files[0]) in capsys.readouterr().out
 
 
+def test_speedups_are_applied_and_recorded(tmp_path, user_yaml):
+    out = tmp_path / "out"
+    argv = ["generate", "a cat", "--model", str(user_yaml), "--out", str(out), "--size", "64", *FAST]
+    assert main(argv) == 0 and main([*argv, "--speedups", "split_guidance"]) == 0
+    lines = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert "speedups" not in lines[0] and lines[1]["speedups"] == "split_guidance=True"
+    default, split = (np.asarray(Image.open(out / line["file_name"]), dtype=int) for line in lines)
+    assert np.abs(default - split).mean() < 0.5  # the same picture, up to float rounding
+
+
 def test_never_overwrites_and_images_remake_alone(tmp_path, user_yaml):
     out = tmp_path / "out"
     base = ["generate", "a cat", "--model", str(user_yaml), "--out", str(out), "--size", "64", *FAST]
@@ -89,6 +99,8 @@ def _error(capsys, argv) -> str:
         (["--dtype", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
         (["--attention", "xformers", "--device", "cpu"], "xformers"),
         (["--offload", "--device", "cpu"], "needs --device cuda"),
+        (["--offload", "--speedups", "graphs"], "--offload and --speedups graphs (it compiles models) don't mix"),
+        (["--speedups", "turbo"], "invalid choice: 'turbo'"),
     ],
 )
 def test_bad_flags(tmp_path, user_yaml, capsys, extra, message):

@@ -34,6 +34,7 @@ from unclip.cli_args import (
     workers,
 )
 from unclip.errors import UnclipError, run_entry_point
+from unclip.speedups import PRESETS
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
@@ -207,6 +208,8 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default=None, help="for the rows that set none")
     add_sampling_args(p)
     p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
+    p.add_argument("--speedups", choices=tuple(PRESETS), default="default", metavar="PRESET",
+                   help="GPU speed-ups (unclip.speedups.PRESETS), as for generate")  # fmt: skip
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_const", const="append", dest="mode", help="add to a folder of "
                       "another command whose images this one keeps (rows added to the prompt file)")  # fmt: skip
@@ -231,6 +234,7 @@ def run_batch(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         attention=args.attention,
+        speedups=args.speedups,
         mode=args.mode,
         progress=not args.quiet,
     )

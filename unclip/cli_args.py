@@ -11,6 +11,7 @@ from typing import Any
 from unclip.config import STAGES, karlo_defaults
 from unclip.errors import UnclipError
 from unclip.schedulers import SCHEDULERS
+from unclip.speedups import PRESETS, named
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -200,6 +201,9 @@ def add_pipeline_args(p: argparse.ArgumentParser, seed_help: str = "image k of t
     add_sampling_args(p)
     p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
     p.add_argument("--offload", action="store_true", help="model CPU offload: keep only the running model on the GPU")
+    p.add_argument("--speedups", choices=tuple(PRESETS), default="default", metavar="PRESET",
+                   help="GPU speed-ups (unclip.speedups.PRESETS): no_compile = channels-last + bf16 VAE "
+                   "decode; graphs = + CUDA graphs (prior, decoder, 64→256); fast = + a compiled x4 UNet")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -214,6 +218,9 @@ def load_pipeline(args):
     config = load_model_config(args.model)
     if args.size and args.size > config.max_size:
         raise UnclipError(f"--size {args.size} needs an upscaler: {args.model} has no 'upscaler:', so it ends at 256")
+    speedups = named(args.speedups)
+    if args.offload and speedups.compile:
+        raise UnclipError(f"--offload and --speedups {args.speedups} (it compiles models) don't mix: drop one")
     device, dtype = generate_device_and_dtype(args)
     out = ensure_writable(args.out)
 
@@ -225,6 +232,7 @@ def load_pipeline(args):
     else:
         pipe.to(device)
     pipe.set_attention(args.attention)
+    pipe.enable_speedups(speedups)
     pipe.set_progress_bar_config(disable=args.quiet)
     return pipe, out
 
