@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The GPU checks owed by issues 2, 3 and 6, as one prepared command for a lent device machine (H100/H200, no
+# internet; its image has torch, transformers and accelerate but not diffusers or open_clip).
+#
+#   bash scripts/gpu_session.sh --prepare        # here, once: wheels and the reference configs into .gpu/
+#   # then, with the device tool: run(command="bash scripts/gpu_session.sh", carry=[".gpu"], timeout_s=600)
+#   bash scripts/gpu_session.sh bench-fast memory     # only some parts (default: all, in this order)
+#
+# Parts, most important first, each skipped when too little of the DEADLINE (seconds, default 560) is left:
+#   tests            the tests marked gpu (fp16/bf16 without NaN, no host sync in the step loop, CUDA graphs)
+#   bench-reference  1024 px at the diffusers chain's settings: the chain, then unclip off → default →
+#                    no_compile → graphs → fast (unclip.speedups.PRESETS), batch 1
+#   bench-fast       the fast preset (x4 at 20 DPM-Solver++ steps): default, no_compile, fast
+#   eager            each eager switch alone: channels_last, vae_bf16, vae_tiled, split_guidance
+#   memory           model CPU offload (peak memory), bf16, batch 4 and 8
+# Everything lands in $OUT (logs and JSON rows, written as measured); the last lines printed are the rows.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--prepare" ]]; then
+    mkdir -p .gpu/wheels
+    grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >> .git/info/exclude
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .gpu/wheels diffusers==0.42.1 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 importlib_metadata==10.2.0
+    rm -rf .gpu/pretrained-configs && cp -r ../shared/reference/pretrained-configs .gpu/pretrained-configs
+    du -sh .gpu && exit 0
+fi
+
+OUT="${OUT:-/tmp/unclip-gpu-out}"
+mkdir -p "$OUT"
+DEADLINE="${DEADLINE:-560}"
+PARTS=("$@")
+[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(tests bench-reference bench-fast eager memory)
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [[ -d .gpu/wheels ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .gpu/wheels/*.whl || exit 1
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+nvidia-smi -L | tee "$OUT/device.txt"
+python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, \
+'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt" || exit 1
+
+BENCH=(python3 scripts/benchmark.py --configs .gpu/pretrained-configs --runs 3 --warmup 1)
+left() { echo $((DEADLINE - SECONDS)); }
+part() {  # part NAME NEEDED_SECONDS COMMAND...: run it with what is left of the deadline, log to $OUT/NAME.log
+    local name=$1 needed=$2
+    shift 2
+    if (($(left) < needed)); then
+        echo "== $name: skipped, $(left) s left (needs about $needed)" | tee -a "$OUT/summary.txt"
+        return
+    fi
+    echo "== $name ($(left) s left)"
+    timeout "$(left)" "$@" 2>&1 | tee "$OUT/$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]} after ${SECONDS} s" | tee -a "$OUT/summary.txt"
+}
+
+for p in "${PARTS[@]}"; do
+    case $p in
+        tests) part tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ ;;
+        bench-reference) part bench-reference 240 "${BENCH[@]}" --preset reference \
+            --speedups off default no_compile graphs fast --json "$OUT/bench-reference.json" ;;
+        bench-fast) part bench-fast 150 "${BENCH[@]}" --preset fast \
+            --speedups default no_compile fast --json "$OUT/bench-fast.json" ;;
+        eager) part eager 120 "${BENCH[@]}" --preset fast --no-diffusers \
+            --speedups default channels_last vae_bf16 vae_tiled split_guidance --json "$OUT/bench-eager.json" ;;
+        memory)
+            part offload 60 "${BENCH[@]}" --preset fast --no-diffusers --offload --runs 1 \
+                --speedups default no_compile vae_tiled --json "$OUT/bench-offload.json"
+            part bf16 60 "${BENCH[@]}" --preset fast --dtype bf16 --speedups default no_compile \
+                --json "$OUT/bench-bf16.json"
+            part batches 90 "${BENCH[@]}" --preset fast --batch 4 8 --speedups default no_compile \
+                --json "$OUT/bench-batches.json" ;;
+        *) echo "unknown part '$p'; parts: tests bench-reference bench-fast eager memory" >&2; exit 2 ;;
+    esac
+done
+echo "== rows"
+cat "$OUT"/*.log | grep '^| 20' || true
+cat "$OUT/summary.txt"
