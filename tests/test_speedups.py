@@ -6,11 +6,13 @@ end-to-end checks bound the mean difference and the share of pixels off by more 
 bound is shown to fail for a different seed."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
 from unclip import UnCLIPCascade, UnclipError
+from unclip.benchmarking import full_size_cascade
 from unclip.guidance import ClassifierFreeGuidance, halves
 from unclip.sampling import sample
 from unclip.schedulers import make_scheduler
@@ -201,3 +203,47 @@ def test_cuda_graphs_keep_the_picture(model_yaml):
     pipe.enable_speedups(Speedups(compile=("prior", "decoder", "sr256")))
     for _ in range(2):  # the second call replays the graphs
         assert_same_picture(images(pipe, 256), reference)
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "pretrained-configs"
+
+
+@pytest.mark.parametrize("size", ["tiny", "full"])
+def test_every_denoising_model_traces_as_one_graph(size, replica_root):
+    """CUDA graphs need each model's forward as one graph: dynamo traces it with fullgraph (any graph break
+    raises), on the meta device (no memory, no weights), called as the stages call it. ``full``: the real repos'
+    configs, where ../shared has them."""
+    if size == "full" and not (CONFIGS / "karlo-v1-alpha").is_dir():
+        pytest.skip("the real repos' configs are not beside this checkout")
+    pipe = full_size_cascade(replica_root if size == "tiny" else CONFIGS, torch.float16, "meta")
+
+    def meta(*shape, dtype=torch.float16):
+        return torch.empty(*shape, device="meta", dtype=dtype)
+
+    t, mask = torch.tensor(500, device="meta"), torch.ones(2, 81, dtype=torch.bool, device="meta")
+    embedding, context = pipe.prior.config.embedding_dim, pipe.decoder.config.cross_attention_dim
+    text_width = pipe.text_encoder.config.hidden_size
+    calls = {
+        "prior": lambda f: f(
+            meta(2, embedding), timestep=t, proj_embedding=meta(2, embedding),
+            encoder_hidden_states=meta(2, 77, text_width), attention_mask=mask[:, :77],
+        ).predicted_image_embedding,
+        "decoder": lambda f: f(
+            sample=meta(2, 3, 64, 64), timestep=t, encoder_hidden_states=meta(2, 81, context),
+            class_labels=meta(2, pipe.decoder.config.block_out_channels[0] * 4), attention_mask=mask,
+        ).sample,
+        "super_res_first": lambda f: f(sample=meta(1, 6, 256, 256), timestep=t).sample,
+        "upscaler_unet": lambda f: f(
+            meta(2, 7, 256, 256), t, encoder_hidden_states=meta(2, 77, pipe.upscaler_text_encoder.config.hidden_size),
+            class_labels=torch.tensor([20, 20], device="meta"),
+        ).sample,
+    }  # fmt: skip
+    for name, call in calls.items():
+        module = getattr(pipe, name)
+        out = call(torch.compile(module, backend="eager", fullgraph=True, dynamic=False))
+        assert out.shape == call(module).shape, name
+    def branches_on_data(x):  # what UnCLIPScheduler.step does with device timesteps: a graph break
+        return x + 1 if x.sum() > 0 else x - 1
+
+    with pytest.raises(Exception, match="(?i)data-dependent|graph break|unsupported"):  # the check can fail
+        torch.compile(branches_on_data, backend="eager", fullgraph=True)(torch.ones(2))
