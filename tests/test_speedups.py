@@ -242,6 +242,7 @@ def test_every_denoising_model_traces_as_one_graph(size, replica_root):
         module = getattr(pipe, name)
         out = call(torch.compile(module, backend="eager", fullgraph=True, dynamic=False))
         assert out.shape == call(module).shape, name
+
     def branches_on_data(x):  # what UnCLIPScheduler.step does with device timesteps: a graph break
         return x + 1 if x.sum() > 0 else x - 1
 
