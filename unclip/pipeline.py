@@ -660,7 +660,9 @@ def _pixel_upsampler_inputs(
     size = unet.config.sample_size
     channels = unet.config.in_channels - image.shape[1]  # x_t and the low-res image are concatenated
     x_T = initial_noise((image.shape[0], channels, size, size), generators, image.device, image.dtype)
-    low_res = F.interpolate(image, size=[size, size], mode="bicubic", align_corners=False, antialias=True)
+    work = torch.float32 if image.device.type == "cpu" else image.dtype  # no antialiased bicubic in bf16 on CPU
+    low_res = F.interpolate(image.to(work), size=[size, size], mode="bicubic", align_corners=False, antialias=True)
+    low_res = low_res.to(image.dtype)
     if s.noise_level > 0:
         schedule = DDPMScheduler(num_train_timesteps=AUGMENTATION_TIMESTEPS, beta_schedule="squaredcos_cap_v2")
         low_res = _augment(low_res, s.noise_level, schedule, generators)
