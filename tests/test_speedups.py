@@ -168,6 +168,9 @@ def test_describe_names_what_differs_from_the_defaults():
     assert Speedups.none().describe() == "host_timesteps=False"
     described = Speedups(compile=("prior", "decoder"), vae_dtype="bf16", compile_mode="default").describe()
     assert described == "compile=prior+decoder, vae_dtype=bf16, compile_mode=default"
+    described = Speedups(compile=("sr1024",), compile_backend="aot_eager", fullgraph=False).describe()
+    assert described == "compile=sr1024, compile_backend=aot_eager, fullgraph=False"
+    assert Speedups(compile_backend="aot_eager").describe() == "defaults"  # nothing compiled: nothing to say
 
 
 @pytest.mark.gpu

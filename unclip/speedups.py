@@ -12,8 +12,9 @@
   picture on every device.)
 * ``channels_last``: the UNets and the VAE in NHWC memory format, the layout tensor-core convolutions read.
 * ``compile``: the stages whose denoising model(s) go through ``torch.compile``; mode ``reduce-overhead``
-  replays each forward as a CUDA graph, one launch a step instead of a thousand kernel launches (the prior,
-  the 64 px decoder and the 64→256 UNets are launch-bound on an H100). ``fullgraph`` refuses graph breaks.
+  replays each forward as a CUDA graph, one launch a step instead of a thousand kernel launches (the prior
+  and the 64 px decoder are launch-bound on an H100: about a TFLOP a step); the big UNets gain from fusion.
+  ``fullgraph`` refuses graph breaks (each model traces as one graph: tests/test_speedups.py).
 * ``vae_dtype``: the dtype the x4 upscaler's VAE decodes in. None: as the reference, float32 when the
   cascade runs in float16 (it overflows in float16: black images), else the cascade's dtype. ``bf16``:
   bfloat16 has float32's range, so it does not overflow, at half the memory traffic.
@@ -80,8 +81,9 @@ class Speedups:
             value, default = getattr(self, field.name), field.default
             if value != default and not (field.name.startswith("compile_") or field.name == "fullgraph"):
                 changed.append(f"{field.name}={'+'.join(value) if field.name == 'compile' else value}")
-        if self.compile and self.compile_mode != "reduce-overhead":
-            changed.append(f"compile_mode={self.compile_mode}")
+        if self.compile:  # how it compiles, where that is not the default
+            changed += [f"{name}={getattr(self, name)}" for name in ("compile_mode", "compile_backend", "fullgraph")
+                        if getattr(self, name) != Speedups.__dataclass_fields__[name].default]  # fmt: skip
         return ", ".join(changed) or "defaults"
 
 
