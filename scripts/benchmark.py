@@ -101,12 +101,10 @@ def flops_per_stage(pipe, kwargs: dict, device) -> dict[str, float]:
     return {stage: value / 1e12 for stage, value in counter.flops.items()}
 
 
-def bench_speedups(pipe, name: str, args, device, kwargs: dict) -> tuple[dict, torch.Tensor]:
+def bench_speedups(pipe, name: str, speedups, args, device, kwargs: dict) -> tuple[dict, torch.Tensor]:
     """One configuration at one batch size: the row's timings and peak memory, and its last images."""
     from unclip.benchmarking import StageClock, measure, median
-    from unclip.speedups import named
 
-    speedups = named(name, args.compile_backend)
     pipe.enable_speedups(speedups)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -134,7 +132,7 @@ def bench_speedups(pipe, name: str, args, device, kwargs: dict) -> tuple[dict, t
     return row, last["images"]
 
 
-def bench_batch(pipe, chain, args, device, settings, batch: int, emit) -> None:
+def bench_batch(pipe, chain, configurations: list, args, device, settings, batch: int, emit) -> None:
     """Every --speedups configuration at ``batch`` images a call, each row handed to ``emit`` when measured."""
     from unclip.benchmarking import call_kwargs, image_difference, measure, median
     from unclip.speedups import Speedups
@@ -153,8 +151,8 @@ def bench_batch(pipe, chain, args, device, settings, batch: int, emit) -> None:
         reference["s"] = median(measure(run_chain, device, args.runs, args.warmup))
         reference["gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     peak = peak_tflops(args, device)
-    for name in args.speedups:
-        row, images = bench_speedups(pipe, name, args, device, kwargs)
+    for name, speedups in configurations:
+        row, images = bench_speedups(pipe, name, speedups, args, device, kwargs)
         row["tflop"] = tflop
         if peak:
             row["fraction_of_peak"] = sum(tflop.values()) / row["total_s"] / peak
@@ -198,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cpu" and not (args.tiny or args.model):
             raise UnclipError("full-size replicas need a CUDA GPU; on a CPU run the smoke test: --tiny")
         dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
-        configurations = [named(name, args.compile_backend) for name in args.speedups]  # names checked
-        if args.offload and any(speedups.compile for speedups in configurations):
+        configurations = [(name, named(name, args.compile_backend)) for name in args.speedups]  # names checked
+        if args.offload and any(speedups.compile for _, speedups in configurations):
             raise UnclipError("--offload and the compiling --speedups configurations don't mix: drop one")
         if args.json and args.json.exists():
             raise UnclipError(f"{args.json} exists: give a new --json file (results are never overwritten)")
@@ -243,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.json.write_text(json.dumps(result, indent=2) + "\n")
 
         for batch in args.batch:
-            bench_batch(pipe, chain, args, device, settings, batch, emit)
+            bench_batch(pipe, chain, configurations, args, device, settings, batch, emit)
         if args.json:
             print(f"results: {args.json}")
         return 0
