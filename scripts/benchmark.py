@@ -70,9 +70,9 @@ def load(args, device: torch.device, dtype: torch.dtype):
 
         root = Path(tempfile.mkdtemp(prefix="unclip-bench-"))
         config = ModelConfig(str(tiny_karlo(root / "karlo")), str(tiny_x4_upscaler(root / "x4")), name="tiny")
-        return UnCLIPCascade.from_config(config, torch_dtype=dtype), "tiny replicas"
+        return UnCLIPCascade.from_pretrained(config, torch_dtype=dtype), "tiny replicas"
     if args.model:
-        return UnCLIPCascade.from_config(args.model, torch_dtype=dtype), args.model
+        return UnCLIPCascade.from_pretrained(args.model, torch_dtype=dtype), args.model
     return full_size_cascade(args.configs, dtype, device), "full-size replicas (random weights)"
 
 
@@ -137,7 +137,9 @@ def bench_batch(pipe, chain, configurations: list, args, device, settings, batch
     from unclip.benchmarking import call_kwargs, image_difference, measure, median
     from unclip.speedups import Speedups
 
-    kwargs = dict(num_images_per_prompt=batch, seed=0, size=1024, output_type="pt", **call_kwargs(settings))
+    kwargs = dict(
+        num_images_per_prompt=batch, seed=0, size=1024, output_type="pt", **call_kwargs(settings, pipe.stages)
+    )
     pipe.enable_speedups(Speedups.none())  # the modules as the chain expects them (its VAE, its memory format)
     tflop = flops_per_stage(pipe, kwargs, device)
     reference = {}
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         import diffusers
 
         from unclip.benchmarking import PRESETS, diffusers_chain
-        from unclip.cli import quiet_libraries
+        from unclip.errors import quiet_libraries
         from unclip.speedups import named
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

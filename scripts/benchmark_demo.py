@@ -49,34 +49,24 @@ def time_command(model: str, size: int, runs: int) -> list[float]:
 
 
 def time_stages(model: str, size: int, runs: int) -> dict[str, float]:
+    """Median seconds per stage (and the text encoder) and of the whole call, over ``runs`` after a warm-up."""
     import torch
 
+    from unclip.benchmarking import StageClock
     from unclip.pipeline import UnCLIPCascade
 
-    pipe = UnCLIPCascade.from_config(model)
+    pipe = UnCLIPCascade.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
-    stages = [name for name in ("prior", "decoder", "sr256", "sr1024") if hasattr(pipe, f"run_{name}")]
-    times: dict[str, list[float]] = {name: [] for name in stages}
-    originals = {name: getattr(pipe, f"run_{name}") for name in stages}
-
-    def timed(name):
-        def run(*args, **kwargs):
+    per_run, total = [], []
+    with StageClock(pipe) as clock:
+        for k in range(runs + 1):  # the first is a warm-up
+            clock.reset()
             start = time.perf_counter()
-            result = originals[name](*args, **kwargs)
-            times[name].append(time.perf_counter() - start)
-            return result
-
-        return run
-
-    for name in stages:
-        setattr(pipe, f"run_{name}", timed(name))
-    total = []
-    for k in range(runs + 1):  # the first is a warm-up
-        start = time.perf_counter()
-        with torch.inference_mode():
-            pipe(PROMPT, seed=k, size=size, output_type="np")
-        total.append(time.perf_counter() - start)
-    result = {name: statistics.median(values[1:]) for name, values in times.items() if len(values) > 1}
+            with torch.inference_mode():
+                pipe(PROMPT, seed=k, size=size, output_type="np")
+            total.append(time.perf_counter() - start)
+            per_run.append(clock.seconds())
+    result = {name: statistics.median(run[name] for run in per_run[1:]) for name in per_run[0]}
     result["cascade"] = statistics.median(total[1:])
     return result
 

@@ -24,16 +24,15 @@ import torch
 
 from unclip.errors import UnclipError, run_entry_point
 
-UPSAMPLERS = ("super_res_first", "super_res_last", "super_res_scheduler")
-
 
 def join_upsamplers(cascade, other) -> None:
     """Put ``other``'s 64→256 upsamplers and 256→1024 upscaler (all its upscaler components) into ``cascade``."""
-    from unclip.pipeline import UPSCALER_PREFIX
+    from unclip.loading import UPSCALER_PREFIX
 
     if other.upscaler_layout is None:
         raise UnclipError("--upsamplers: that cascade has no 256→1024 upscaler; give the sr1024 run's model.yaml")
-    names = [*UPSAMPLERS, *(n for n in cascade.components if n.startswith(UPSCALER_PREFIX))]
+    sr256 = other.stages["sr256"]
+    names = [*sr256.components, sr256.scheduler, *(n for n in cascade.components if n.startswith(UPSCALER_PREFIX))]
     cascade.register_modules(**{name: getattr(other, name) for name in names})
     cascade.max_noise_level = other.max_noise_level
 
@@ -45,9 +44,9 @@ def export(model: str, clip: Path | None, out: Path, force: bool, upsamplers: st
         if not force:
             raise UnclipError(f"{out} is not empty: give another --out, or --force to replace it")
         shutil.rmtree(out)
-    cascade = UnCLIPCascade.from_config(model)
+    cascade = UnCLIPCascade.from_pretrained(model)
     if upsamplers is not None:
-        join_upsamplers(cascade, UnCLIPCascade.from_config(upsamplers))
+        join_upsamplers(cascade, UnCLIPCascade.from_pretrained(upsamplers))
     for component in cascade.components.values():
         if isinstance(component, torch.nn.Module):
             component.to(torch.float16)

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def train_and_report() -> int:
-        from unclip.cli import quiet_libraries
+        from unclip.errors import quiet_libraries
 
         quiet_libraries()
         log = logging.getLogger("unclip.demo.clip")  # its loss lines, plain, through the progress bar

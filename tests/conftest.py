@@ -65,6 +65,6 @@ def model_yaml(replica_root, karlo_dir, x4_dir) -> Path:
 def cascade(model_yaml):
     from unclip import UnCLIPCascade
 
-    pipe = UnCLIPCascade.from_config(model_yaml)
+    pipe = UnCLIPCascade.from_pretrained(model_yaml)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import unclip
 from unclip.batch.plan import plan
 from unclip.batch.prompts import PromptRow
 from unclip.batch.run import run_shard, shard
@@ -37,6 +38,10 @@ def test_images_are_the_ones_generate_makes_alone(cascade, tmp_path):
         assert difference.mean() < 0.1 and (difference > 2).mean() < 0.01
     other = np.asarray(Image.open(tmp_path / jobs[0].file_name), dtype=int)
     assert np.abs(other - np.asarray(Image.open(tmp_path / jobs[1].file_name), dtype=int)).mean() > 5
+    # the library stamps unclip's version into every image's metadata and PNG text, batch images included
+    assert lines[jobs[0].file_name]["version"] == unclip.__version__
+    with Image.open(tmp_path / jobs[0].file_name) as image:
+        assert f"Version: unclip {unclip.__version__}" in image.text["parameters"]
 
 
 def test_shards_are_disjoint_and_cover_every_job():

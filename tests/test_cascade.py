@@ -95,17 +95,47 @@ def test_schedulers_differ_from_default(cascade):
     assert np.abs(default - ddim).max() > 1e-3
 
 
-def test_dpmpp_upscaler_at_1024(cascade):
-    out = cascade(
-        "a cat",
-        seed=0,
-        size=1024,
-        scheduler={"sr1024": "dpmpp"},
-        upscale_num_inference_steps=3,
-        output_type="np",
-        **FAST,
-    )
+def _spy_on_the_loop(monkeypatch) -> dict:
+    """Per stage, what its loop ran: the scheduler class, the steps, the step keywords (η) and the start."""
+    import unclip.stages.base as base
+
+    ran, real = {}, base.sample
+
+    def spy(denoiser, scheduler, x_T, num_steps, generators, *, desc="", **kwargs):
+        ran[desc] = (type(scheduler).__name__, num_steps, kwargs.get("step_kwargs"), kwargs.get("start", 0))
+        return real(denoiser, scheduler, x_T, num_steps, generators, desc=desc, **kwargs)
+
+    monkeypatch.setattr(base, "sample", spy)
+    return ran
+
+
+def test_each_stage_runs_the_scheduler_steps_and_eta_it_is_given_and_records_them(cascade, monkeypatch):
+    ran = _spy_on_the_loop(monkeypatch)
+    schedulers = {"prior": "ddpm", "decoder": "ddim", "sr256": "unclip", "sr1024": "dpmpp"}
+    out = cascade("a cat", seed=0, size=1024, scheduler=schedulers, decoder_eta=0.4, upscale_num_inference_steps=3,
+                  output_type="np", **{**FAST, "prior_num_inference_steps": 3})  # fmt: skip
+    assert ran == {
+        "prior": ("DDPMScheduler", 3, None, 0),
+        "decoder": ("DDIMScheduler", 4, {"eta": 0.4}, 0),
+        "sr256": ("UnCLIPScheduler", 2, None, 0),
+        "sr1024": ("DPMSolverMultistepScheduler", 3, None, 0),
+    }
     assert out.images.shape == (1, 1024, 1024, 3) and np.isfinite(out.images).all()
+    stages = out.metadata[0]["stages"]
+    assert {stage: s["scheduler"] for stage, s in stages.items()} == schedulers
+    assert {stage: s["steps"] for stage, s in stages.items()} == {"prior": 3, "decoder": 4, "sr256": 2, "sr1024": 3}
+    assert stages["decoder"]["eta"] == 0.4 and all("eta" not in stages[s] for s in ("prior", "sr256", "sr1024"))
+    assert "start" not in stages["decoder"], "text-to-image starts the decoder from noise: no start to record"
+    assert "guidance" not in stages["sr256"] and "start" not in stages["sr1024"], "the kind takes none"
+
+
+def test_eta_changes_the_ddim_picture_and_needs_ddim(cascade):
+    kwargs = dict(seed=0, size=64, scheduler={"decoder": "ddim"}, output_type="np", **FAST)
+    plain = cascade("a cat", **kwargs).images
+    assert np.array_equal(plain, cascade("a cat", decoder_eta=0.0, **kwargs).images)
+    assert np.abs(plain - cascade("a cat", decoder_eta=1.0, **kwargs).images).max() > 1e-3
+    with pytest.raises(UnclipError, match="prior: eta 0.5 needs the ddim scheduler .UnCLIPScheduler has no η."):
+        cascade("a cat", prior_eta=0.5, size=64, **FAST)
 
 
 def test_unclip_scheduler_refused_for_the_x4_stage(cascade):
@@ -130,8 +160,19 @@ def test_nan_names_the_stage(cascade, monkeypatch):
         return out
 
     monkeypatch.setattr(cascade.decoder, "forward", poisoned)
-    with pytest.raises(UnclipError, match="stage decoder produced NaN"):
-        cascade("a cat", seed=0, size=64, **FAST)
+    with pytest.raises(UnclipError, match="stage decoder produced NaN/inf values in float32: its weights or its inp"):
+        cascade("a cat", seed=0, size=64, **FAST)  # no advice to run in float32: it is float32 already
+
+
+def test_the_nan_advice_fits_the_dtype():
+    from unclip.stages import check_finite
+
+    nan = torch.full((2,), float("nan"))
+    for dtype, advice in [(torch.float16, "bfloat16 or float32"), (torch.bfloat16, "bfloat16: run it in float32"),
+                          (torch.float32, "its weights or its input are not finite")]:  # fmt: skip
+        with pytest.raises(UnclipError, match=advice):
+            check_finite("sr256", nan.to(dtype))
+    assert check_finite("sr256", torch.ones(2)) is not None
 
 
 def test_long_prompt_is_truncated_with_a_warning(cascade, caplog):
@@ -159,7 +200,7 @@ def test_bad_arguments(cascade, kwargs, message):
 def test_float16_on_cpu_is_refused(model_yaml):
     from unclip import UnCLIPCascade
 
-    pipe = UnCLIPCascade.from_config(model_yaml, torch_dtype=torch.float16)
+    pipe = UnCLIPCascade.from_pretrained(model_yaml, torch_dtype=torch.float16)
     assert pipe.upscaler_vae.dtype == torch.float32, "the x4 VAE overflows in fp16: it must stay fp32"
     assert pipe.decoder.dtype == torch.float16
     with pytest.raises(UnclipError, match="float16 needs a GPU"):
@@ -170,7 +211,7 @@ def test_bfloat16_runs_on_cpu_to_1024(model_yaml, cascade):
     """bf16 is the half precision a CPU takes (fp16 is refused): every stage runs in it, close to fp32."""
     from unclip import UnCLIPCascade
 
-    pipe = UnCLIPCascade.from_config(model_yaml, torch_dtype=torch.bfloat16)
+    pipe = UnCLIPCascade.from_pretrained(model_yaml, torch_dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(seed=0, size=1024, upscale_num_inference_steps=2, output_type="np", **FAST)
     out = pipe("a cat", **kwargs)
@@ -186,7 +227,7 @@ def test_bfloat16_runs_on_cpu_to_1024(model_yaml, cascade):
 def test_half_precision_on_gpu_has_no_nan(model_yaml, dtype):
     from unclip import UnCLIPCascade
 
-    pipe = UnCLIPCascade.from_config(model_yaml, torch_dtype=dtype).to("cuda")
+    pipe = UnCLIPCascade.from_pretrained(model_yaml, torch_dtype=dtype).to("cuda")
     out = pipe("a cat", seed=0, size=1024, upscale_num_inference_steps=5, output_type="np", **FAST)
     assert np.isfinite(out.images).all()
 
@@ -195,19 +236,22 @@ def test_best_of_n_prior_keeps_the_sample_closest_to_the_text(cascade):
     """DALL·E 2 §2.2: n embeddings per image (draw 0 from the image's generator, draw j from a fork); the kept
     one has the highest dot product (of unit vectors) with z_t."""
     from unclip.config import StageSettings
-    from unclip.pipeline_utils import clip_similarity, fork_generator
+    from unclip.sampling import fork_generator
+    from unclip.stages import StageInputs
+    from unclip.text import clip_similarity
 
     s = StageSettings(steps=3, guidance=4.0, scheduler="default")
-    text = cascade.encode_text(["a cat", "a dog"], ["", ""], torch.device("cpu"))
+    text = cascade.encode_text(["a cat", "a dog"], ["", ""])
 
     def gens(repeat=1):
         images = [torch.Generator().manual_seed(seed) for seed in (1, 2)]
         return [g if j == 0 else fork_generator(g, j) for g in images for j in range(repeat)]
 
+    prior = cascade.stages["prior"]
     with torch.no_grad():
-        best = cascade.run_prior(text, s, gens(), 2, samples=3)
-        candidates = cascade.run_prior(text.repeat(3), s, gens(3), 6).view(2, 3, -1)
-        single = cascade.run_prior(text, s, gens(), 2)
+        best = prior.run(cascade, None, StageInputs(gens(), text, prior_samples=3), s)
+        candidates = prior.run(cascade, None, StageInputs(gens(3), text.repeat(3)), s).view(2, 3, -1)
+        single = prior.run(cascade, None, StageInputs(gens(), text), s)
     assert torch.allclose(single, candidates[:, 0], atol=1e-5)  # the first draw is the plain sample
     scores = clip_similarity(candidates, text.prompt_embeds()[:, None])
     assert torch.equal(best, candidates[torch.arange(2), scores.argmax(dim=1)])

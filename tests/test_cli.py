@@ -91,9 +91,9 @@ def _error(capsys, argv) -> str:
     "extra, message",
     [
         (["--size", "512"], "invalid choice"),
-        (["--prior-steps", "0"], "must be ≥ 1"),
+        (["--prior-steps", "0"], "--prior-steps: must be a whole number ≥ 1, got 0"),
         (["--decoder-steps", "1"], "decoder: the UnCLIP scheduler needs steps ≥ 2"),
-        (["--decoder-guidance", "-2"], "guidance must be ≥ 0"),
+        (["--decoder-guidance", "-2"], "--decoder-guidance: must be a number ≥ 0"),
         (["--scheduler", "euler-magic"], "unknown scheduler 'euler-magic'"),
         (["--scheduler", "vae=ddim"], "unknown stage 'vae'"),
         (["--dtype", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),

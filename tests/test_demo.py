@@ -28,7 +28,7 @@ def _text_tower(folder, hidden=32, projection=32):
 def test_demo_architecture_builds_around_a_text_tower(tmp_path):
     clip = _text_tower(tmp_path / "clip")
     model_yaml = ARCHITECTURES["demo"](tmp_path / "init", 0, text_encoder=clip)
-    pipe = UnCLIPCascade.from_config(model_yaml)
+    pipe = UnCLIPCascade.from_pretrained(model_yaml)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.prior.config.embedding_dim == 32 and pipe.text_proj.config.clip_embeddings_dim == 32
     assert pipe.upscaler_layout == "pixel" and pipe.max_size == 1024
@@ -38,7 +38,7 @@ def test_demo_architecture_builds_around_a_text_tower(tmp_path):
 
 
 def test_demo_architecture_without_a_text_tower_uses_an_untrained_demo_clip(tmp_path):
-    pipe = UnCLIPCascade.from_config(ARCHITECTURES["demo"](tmp_path / "init", 0, text_encoder=None))
+    pipe = UnCLIPCascade.from_pretrained(ARCHITECTURES["demo"](tmp_path / "init", 0, text_encoder=None))
     assert (tmp_path / "init" / "clip" / "image_encoder").is_dir()
     assert pipe.text_encoder.config.projection_dim == pipe.prior.config.embedding_dim == 128
     # …which is only good for the upsamplers: the text stages refuse it
@@ -54,7 +54,7 @@ def test_export_joins_upsamplers_trained_apart(tmp_path):
     upsampler_run = ARCHITECTURES["demo"](tmp_path / "b", 1, text_encoder=clip)
     export = runpy.run_path(str(EXPORT))["export"]
     export(str(text_run), None, tmp_path / "out", force=False, upsamplers=str(upsampler_run))
-    a, b, out = (UnCLIPCascade.from_config(p) for p in (text_run, upsampler_run, tmp_path / "out" / "model.yaml"))
+    a, b, out = (UnCLIPCascade.from_pretrained(p) for p in (text_run, upsampler_run, tmp_path / "out" / "model.yaml"))
     weights = load_file(tmp_path / "out" / "unclip" / "decoder" / "diffusion_pytorch_model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float16}
 
@@ -82,7 +82,7 @@ MAIN_PROMPT = "a large red circle in the top left on a blue background"
 def test_demo_preset_loads_the_shipped_model_offline():
     size = sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file())
     assert size <= 40 * 2**20, f"the demo is {size / 2**20:.1f} MiB, over its 40 MiB budget"
-    pipe = UnCLIPCascade.from_config("demo")
+    pipe = UnCLIPCascade.from_pretrained("demo")
     assert pipe.model_config.name == "demo" and pipe.upscaler_layout == "pixel" and pipe.max_size == 1024
     assert Path(pipe.model_config.unclip) == DEMO / "unclip"
     assert pipe.decoder.dtype == torch.float32  # fp16 on disk, fp32 on a CPU by default
@@ -126,7 +126,7 @@ def _rendered(attributes, seed=0):
 
 @pytest.fixture(scope="module")
 def demo():
-    pipe = UnCLIPCascade.from_config("demo")
+    pipe = UnCLIPCascade.from_pretrained("demo")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -35,7 +35,7 @@ def exported(tmp_path_factory):
 def test_text_encoder_and_tokenizer_equal_open_clip(exported):
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-    from unclip.pipeline_utils import tokenize
+    from unclip.text import tokenize
 
     model, folder = exported
     tokens = clip.tokenize(CAPTIONS)

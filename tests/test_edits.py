@@ -31,7 +31,7 @@ def variations_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def variations(variations_dir):
-    pipe = UnCLIPCascade.from_config(write_model_yaml(variations_dir.parent / "var.yaml", variations_dir, None))
+    pipe = UnCLIPCascade.from_pretrained(write_model_yaml(variations_dir.parent / "var.yaml", variations_dir, None))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -41,7 +41,7 @@ def karlo_with_clip(karlo_dir, tmp_path_factory):
     """karlo-v1-alpha (text-to-image) plus the CLIP image tower its decoder takes (tiny:32: 32-d like text_proj)."""
     path = write_model_yaml(tmp_path_factory.mktemp("yaml") / "karlo.yaml", karlo_dir, None)
     path.write_text(path.read_text() + "image_encoder: tiny:32\n")
-    pipe = UnCLIPCascade.from_config(path)
+    pipe = UnCLIPCascade.from_pretrained(path)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -109,7 +109,7 @@ def test_the_image_variations_layout_loads_with_its_own_image_encoder(variations
     variations.save_pretrained(tmp_path / "saved")
     index = json.loads((tmp_path / "saved" / "unclip" / "model_index.json").read_text())
     assert {"image_encoder", "feature_extractor"} <= set(index) and "prior" not in index
-    again = UnCLIPCascade.from_config(tmp_path / "saved" / "model.yaml")
+    again = UnCLIPCascade.from_pretrained(tmp_path / "saved" / "model.yaml")
     picture = _picture()
     assert torch.equal(again.encode_image(picture), variations.encode_image(picture))
 
@@ -118,7 +118,7 @@ def test_an_image_encoder_folder_in_the_yaml_is_read_relative_to_it(karlo_dir, v
     path = write_model_yaml(tmp_path / "m.yaml", karlo_dir, None)
     relative = Path(*[".."] * len(tmp_path.parts[1:])) / variations_dir.relative_to("/") / "image_encoder"
     path.write_text(path.read_text() + f"image_encoder: hf:{relative}\n")
-    pipe = UnCLIPCascade.from_config(path)
+    pipe = UnCLIPCascade.from_pretrained(path)
     assert pipe.model_config.image_encoder == f"hf:{variations_dir / 'image_encoder'}"
     direct = load_clip_image_encoder(f"hf:{variations_dir / 'image_encoder'}")
     assert direct.image_size == 30 and direct.mean == tuple(pipe.clip_image_encoder().mean)
@@ -133,7 +133,7 @@ def test_an_image_encoder_of_another_width_is_refused(karlo_dir, tmp_path):
     path = write_model_yaml(tmp_path / "m.yaml", karlo_dir, None)
     path.write_text(path.read_text() + "image_encoder: tiny:16\n")
     with pytest.raises(UnclipError, match="16-d embeddings but the decoder takes 32-d"):
-        UnCLIPCascade.from_config(path).vary(_picture(), size=64)
+        UnCLIPCascade.from_pretrained(path).vary(_picture(), size=64)
 
 
 def test_a_variations_repo_whose_image_encoder_does_not_fit_is_refused_before_loading(variations_dir, tmp_path):
@@ -143,7 +143,7 @@ def test_a_variations_repo_whose_image_encoder_does_not_fit_is_refused_before_lo
     config = json.loads((broken / "image_encoder" / "config.json").read_text())
     (broken / "image_encoder" / "config.json").write_text(json.dumps({**config, "projection_dim": 48}))
     with pytest.raises(UnclipError, match="image_encoder projects to 48 dims but text_proj takes 32"):
-        UnCLIPCascade.from_config(write_model_yaml(tmp_path / "b.yaml", broken, None))
+        UnCLIPCascade.from_pretrained(write_model_yaml(tmp_path / "b.yaml", broken, None))
 
 
 # --------------------------------------------------------------------------------------------- variations
@@ -204,7 +204,8 @@ def test_inverted_variations_are_recorded_and_eta_controls_the_spread(variations
     close = variations.vary(_picture(), eta=0.0, num_images_per_prompt=2, **kwargs)
     far = variations.vary(_picture(), eta=1.0, num_images_per_prompt=2, **kwargs)
     meta = close.metadata[0]
-    assert meta["invert"] is True and meta["eta"] == 0.0 and meta["stages"]["decoder"]["scheduler"] == "ddim"
+    assert meta["invert"] is True and meta["stages"]["decoder"]["eta"] == 0.0
+    assert meta["stages"]["decoder"]["scheduler"] == "ddim" and far.metadata[0]["stages"]["decoder"]["eta"] == 1.0
     assert meta["stages"]["decoder"]["guidance"] == 1.0  # inverted edits run unguided unless asked
     guided = variations.vary(_picture(), eta=0.0, decoder_guidance_scale=5.0, **kwargs)
     assert guided.metadata[0]["stages"]["decoder"]["guidance"] == 5.0
@@ -261,6 +262,26 @@ def test_text_diff_frames_start_at_the_image(variations):
         variations.text_diff(picture, "a", " ")
 
 
+def test_an_embedding_without_a_direction_is_refused_before_any_stage_runs(variations, monkeypatch):
+    """slerp and the text diff divide by the embeddings' norms: a zero or non-finite one would make NaN frames
+    and then blame the decoder ("produced NaN ... run it in float32"). It is refused, named, up front."""
+    picture = _picture()
+    with pytest.raises(UnclipError, match="from_prompt and to_prompt have the same CLIP embedding"):
+        variations.text_diff(picture, "a red square", "a red square", frames=2, size=64)
+    ran = []
+    monkeypatch.setattr(variations, "decode", lambda *args: ran.append(1))
+    real = variations.encode_image
+    monkeypatch.setattr(variations, "encode_image", lambda image: real(image) * 0)
+    with pytest.raises(UnclipError, match="interpolation end image: a CLIP embedding of zero length"):
+        variations.interpolate(picture, _picture(colour=(0, 250, 0)), frames=2, size=64)
+    with pytest.raises(UnclipError, match="image encoder: a CLIP embedding of zero length"):
+        variations.text_diff(picture, "a red square", "a blue square", frames=2, size=64)
+    monkeypatch.setattr(variations, "encode_image", lambda image: real(image) * float("nan"))
+    with pytest.raises(UnclipError, match="stage interpolation end image produced NaN"):
+        variations.interpolate(picture, _picture(colour=(0, 250, 0)), frames=2, size=64)
+    assert not ran
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 def _var_yaml(variations_dir, tmp_path) -> Path:
     return write_model_yaml(
@@ -297,7 +318,10 @@ def test_cli_vary_interpolate_and_diff_write_their_frames(variations_dir, tmp_pa
         (["diff", "{photo}", "--from", "a", "--to", "b", "--max-theta", "1.5"], "--max-theta must be in"),
         (["vary", "{photo}", "--invert", "--eta", "2"], "eta must be ≤ 1"),
         (["vary", "{photo}", "--prior-samples", "2"], "--prior-samples applies to generate and batch"),
-        (["diff", "{photo}", "--from", "a", "--to", "b", "--prior-steps", "5"], "diff starts from the image"),
+        (
+            ["diff", "{photo}", "--from", "a", "--to", "b", "--prior-steps", "5"],
+            "--prior-steps): this call starts from an image embedding, so no prior runs",
+        ),
         (["vary", "{photo}", "--invert", "--invert-start", "3"], "below every one of its"),
         (["vary", "{photo}", "--model", "{karlo}"], "has no CLIP image encoder"),
     ],

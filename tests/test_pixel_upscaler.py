@@ -2,6 +2,7 @@
 
 import json
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,7 @@ from unclip.cli import main
 from unclip.config import StageSettings
 from unclip.loading import detect_upscaler_layout
 from unclip.replicas import tiny_pixel_upscaler
+from unclip.stages import StageInputs
 
 FAST = dict(prior_num_inference_steps=2, decoder_num_inference_steps=2, super_res_num_inference_steps=2)
 
@@ -31,7 +33,7 @@ def pixel_yaml(pixel_dir, karlo_dir):
 
 @pytest.fixture(scope="module")
 def pixel_cascade(pixel_yaml):
-    pipe = UnCLIPCascade.from_config(pixel_yaml)
+    pipe = UnCLIPCascade.from_pretrained(pixel_yaml)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -86,7 +88,8 @@ def test_input_is_x_t_and_the_upsampled_image_without_guidance(pixel_cascade):
     try:
         for level in (0, 20):
             settings = StageSettings(steps=1, guidance=9.0, scheduler="ddim", noise_level=level)  # 1 step
-            out = pixel_cascade.run_sr1024(image, ["a cat"], [""], settings, [torch.Generator().manual_seed(0)])
+            given = StageInputs([torch.Generator().manual_seed(0)], prompts=["a cat"], negatives=[""])
+            out = pixel_cascade.stages["sr1024"].run(pixel_cascade, image, given, settings)
             assert out.shape == (1, 3, 1024, 1024)
     finally:
         hook.remove()
@@ -110,12 +113,16 @@ def test_256_stops_before_the_upscaler(pixel_cascade, cascade):
 
 
 def test_settings_are_checked_against_the_pixel_upscaler(pixel_cascade):
-    stages = ("prior", "decoder", "sr256", "sr1024")
-    assert pixel_cascade.stage_settings({"sr1024": {"noise_level": 400}}, stages)["sr1024"].noise_level == 400
+    assert pixel_cascade.plan(stage_args={"upscale_noise_level": 400}).settings["sr1024"].noise_level == 400
     with pytest.raises(UnclipError, match="sr1024 noise_level must be ≤ 999"):
-        pixel_cascade.stage_settings({"sr1024": {"noise_level": 1000}}, stages)
-    with pytest.raises(UnclipError, match="sr1024: .*nope"):
-        pixel_cascade.stage_settings({"sr1024": {"scheduler": "nope"}}, stages)
+        pixel_cascade.plan(stage_args={"upscale_noise_level": 1000})
+    with pytest.raises(UnclipError, match="unknown scheduler 'nope'"):
+        pixel_cascade.plan(scheduler={"sr1024": "nope"})
+    with pytest.raises(
+        UnclipError, match=r"upscale_guidance_scale \(--upscale-guidance\): this model's sr1024 \(pixel\)"
+    ):
+        pixel_cascade.plan(stage_args={"upscale_guidance_scale": 5.0})  # it sees no text: refused, not ignored
+    assert "guidance" not in pixel_cascade.plan().metadata()["sr1024"]
 
 
 def test_save_load_round_trip(tmp_path, pixel_cascade, made):
@@ -126,8 +133,9 @@ def test_save_load_round_trip(tmp_path, pixel_cascade, made):
         "unet": ["diffusers", "UNet2DModel"],
         "scheduler": ["diffusers", "UnCLIPScheduler"],
         "_unclip_layout": "pixel",
+        "_diffusers_version": diffusers.__version__,
     }
-    again = UnCLIPCascade.from_config(tmp_path / "saved" / "model.yaml")
+    again = UnCLIPCascade.from_pretrained(tmp_path / "saved" / "model.yaml")
     again.set_progress_bar_config(disable=True)
     assert again.upscaler_layout == "pixel"
     image = again("a red cube", seed=6, size=1024, output_type="np", **FAST).images
@@ -135,7 +143,7 @@ def test_save_load_round_trip(tmp_path, pixel_cascade, made):
 
 
 def test_model_cpu_offload_skips_the_missing_x4_components(pixel_yaml, made):
-    pipe = UnCLIPCascade.from_config(pixel_yaml)
+    pipe = UnCLIPCascade.from_pretrained(pixel_yaml)
     pipe.set_progress_bar_config(disable=True)
     pipe.enable_model_cpu_offload(device="cpu")  # the same hooks as on a GPU, without one
     assert hasattr(pipe.upscaler_unet, "_hf_hook") and len(pipe._all_hooks) == 7  # 6 Karlo models + the UNet
@@ -156,7 +164,7 @@ def test_a_folder_of_neither_layout_is_refused(tmp_path, karlo_dir):
     (tmp_path / "odd" / "model_index.json").write_text('{"_class_name": "Something", "text_encoder": ["x", "y"]}')
     yaml_file = write_model_yaml(tmp_path / "odd.yaml", karlo_dir, tmp_path / "odd")
     with pytest.raises(UnclipError, match="odd is no known layout") as error:
-        UnCLIPCascade.from_config(yaml_file)
+        UnCLIPCascade.from_pretrained(yaml_file)
     assert "\n" not in str(error.value) and "x4" in str(error.value) and "pixel" in str(error.value)
 
 
@@ -179,17 +187,21 @@ def test_start_runs_the_late_steps_from_the_noised_low_res_image(pixel_cascade, 
     assert seen and all(t <= 500 for t, _ in seen) and len(seen) < 6  # only the late steps
     assert [i for _, i in seen] == list(range(6 - len(seen), 6))  # numbered as in the full schedule
     assert (out - init).abs().max() < 0.05  # (DDIM ends at ᾱ_0 < 1, not at x_0 exactly)
-    with pytest.raises(UnclipError, match="start 10 is below every one of the 2 timesteps"):
+    with pytest.raises(UnclipError, match="start 10 is below every one of its 2 timesteps"):
         sample(oracle, scheduler, x_T, 2, [torch.Generator()], init=init, start=10)
     # through the cascade: a 256 px image from 64 px with the 64→256 stage started late, and the checks
     kwargs = dict(seed=0, size=256, output_type="np", **FAST)
     late = pixel_cascade("a cat", super_res_start=600, **{**kwargs, "super_res_num_inference_steps": 4}).images
     assert late.shape == (1, 256, 256, 3) and np.isfinite(late).all()
     assert pixel_cascade("a cat", **kwargs).metadata[0]["stages"]["sr256"]["start"] == 0
-    with pytest.raises(UnclipError, match="x4 upscaler starts from noise"):
+    with pytest.raises(UnclipError, match=r"this model's sr1024 \(x4\) takes no start"):
         cascade("a cat", seed=0, size=1024, upscale_start=100)
     with pytest.raises(UnclipError, match=r"sr256: start 10 is below every one of its 2 timesteps \("):
-        pixel_cascade.stage_settings({"sr256": {"start": 10, "steps": 2, "scheduler": "ddim"}})
-    with pytest.raises(UnclipError, match="prior: start applies to the decoder"):
-        pixel_cascade.stage_settings({"prior": {"start": 5}})
-    assert pixel_cascade.stage_settings({"decoder": {"start": 5}})["decoder"].start == 5  # the edits' inversion depth
+        pixel_cascade.plan(scheduler={"sr256": "ddim"}, stage_args={"super_res_start": 10,
+                                                                     "super_res_num_inference_steps": 2})  # fmt: skip
+    with pytest.raises(UnclipError, match="unknown argument 'prior_start'"):
+        pixel_cascade.plan(stage_args={"prior_start": 5})
+    inverted = pixel_cascade.plan(stage_args={"decoder_start": 500}, first_stage="decoder", inverted=True)
+    assert inverted.settings["decoder"].start == 500  # the edits' inversion depth
+    with pytest.raises(UnclipError, match="the decoder's start is where a DDIM inversion stops"):
+        pixel_cascade.plan(stage_args={"decoder_start": 500})  # text-to-image starts from noise

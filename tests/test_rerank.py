@@ -53,7 +53,7 @@ def test_scores_follow_the_text(reranker):
 
 
 def test_rerank_arguments_are_checked(cascade, reranker):
-    with pytest.raises(UnclipError, match="keep needs rerank"):
+    with pytest.raises(UnclipError, match=r"keep \(--keep\) needs rerank"):
         cascade("a cat", keep=1, size=64)
     with pytest.raises(UnclipError, match="keep 3 > num_images_per_prompt 2"):
         cascade("a cat", num_images_per_prompt=2, rerank=reranker, keep=3, size=64)
@@ -77,8 +77,8 @@ def test_cli_rerank_with_a_local_open_clip_folder(tmp_path, user_yaml, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--keep", "2"], "--keep needs --rerank"),
-        (["--rerank", "ViT-B-32/openai", "--keep", "3"], "--keep 3 > --num-images 2"),
+        (["--keep", "2"], "keep (--keep) needs rerank (--rerank MODEL/PRETRAINED)"),
+        (["--rerank", "ViT-B-32/openai", "--keep", "3"], "keep 3 > num_images_per_prompt 2 (--keep > --num-images)"),
         (["--rerank", "NoSuchModel/x"], "open_clip has no model NoSuchModel"),
         (["--rerank", "ViT-B-32/openai"], "HF_HUB_OFFLINE is set"),
     ],

@@ -16,7 +16,8 @@ from unclip.benchmarking import full_size_cascade
 from unclip.guidance import ClassifierFreeGuidance, halves
 from unclip.sampling import sample
 from unclip.schedulers import make_scheduler
-from unclip.speedups import STAGE_MODELS, Speedups
+from unclip.speedups import Speedups
+from unclip.stages import STAGES
 
 PROMPT = "a corgi playing a trumpet"
 FAST = dict(prior_num_inference_steps=3, decoder_num_inference_steps=3, upscale_num_inference_steps=3)
@@ -26,7 +27,7 @@ AOT = dict(compile_backend="aot_eager")  # traces as inductor would (fullgraph: 
 @pytest.fixture
 def pipe(model_yaml):
     """A cascade of its own: the switches change modules in place."""
-    pipe = UnCLIPCascade.from_config(model_yaml)
+    pipe = UnCLIPCascade.from_pretrained(model_yaml)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -55,7 +56,7 @@ def test_the_same_picture_check_can_fail(pipe):
         (Speedups.none(), 256),
         (Speedups(split_guidance=True), 1024),
         (Speedups(channels_last=True), 1024),
-        (Speedups(compile=tuple(STAGE_MODELS), **AOT), 1024),
+        (Speedups(compile=STAGES, **AOT), 1024),
     ],
     ids=["host-timesteps-off", "split-guidance", "channels-last", "compile"],
 )
@@ -87,7 +88,7 @@ def test_split_guidance_cuts_every_conditioning_tensor_in_two(cascade):
     text = cascade.encode_captions(["a cat", "a dog"], guided_stage=True)
     embeds = torch.randn(2, cascade.text_proj.config.clip_embeddings_dim)
     settings = dataclasses.replace(cascade.model_config.stages["decoder"], guidance=4.0)
-    batched = cascade.decoder_denoiser(embeds, text, settings)
+    batched = cascade.stages["decoder"].denoiser(cascade, embeds, text, settings)
     uncond, cond = halves(batched.denoiser)
     for name in ("encoder_hidden_states", "time_embeds", "attention_mask"):
         rows = getattr(batched.denoiser, name)
@@ -111,11 +112,11 @@ def test_compiled_models_are_used_and_reused(pipe):
     pipe.enable_speedups(speedups)
     compiled = dict(pipe._compiled)
     assert set(compiled) == {"decoder", "super_res_first", "super_res_last"}
-    assert pipe._model("decoder") is compiled["decoder"] and pipe._model("prior") is pipe.prior
+    assert pipe.denoising_model("decoder") is compiled["decoder"] and pipe.denoising_model("prior") is pipe.prior
     pipe.enable_speedups(dataclasses.replace(speedups, channels_last=True))  # same compiler: not compiled again
     assert pipe._compiled == compiled
     pipe.enable_speedups(Speedups())
-    assert pipe._compiled == {} and pipe._model("decoder") is pipe.decoder
+    assert pipe._compiled == {} and pipe.denoising_model("decoder") is pipe.decoder
     pipe.enable_speedups(speedups)  # off and on again: the same compiled models
     assert pipe._compiled == compiled
 
@@ -177,7 +178,7 @@ def test_describe_names_what_differs_from_the_defaults():
 def test_the_step_loop_never_waits_for_the_gpu(model_yaml):
     """With DDIM at η = 0 (no step noise to copy from the CPU generators) the decoder's loop makes no host
     sync: CUDA's sync debug mode raises on any."""
-    pipe = UnCLIPCascade.from_config(model_yaml, torch_dtype=torch.float16).to("cuda")
+    pipe = UnCLIPCascade.from_pretrained(model_yaml, torch_dtype=torch.float16).to("cuda")
     pipe.set_progress_bar_config(disable=True)
     text = pipe.encode_captions([PROMPT], guided_stage=True)
     embeds = torch.randn(1, pipe.text_proj.config.clip_embeddings_dim, device="cuda", dtype=torch.float16)
@@ -200,7 +201,7 @@ def test_the_step_loop_never_waits_for_the_gpu(model_yaml):
 
 @pytest.mark.gpu
 def test_cuda_graphs_keep_the_picture(model_yaml):
-    pipe = UnCLIPCascade.from_config(model_yaml, torch_dtype=torch.float16).to("cuda")
+    pipe = UnCLIPCascade.from_pretrained(model_yaml, torch_dtype=torch.float16).to("cuda")
     pipe.set_progress_bar_config(disable=True)
     reference = images(pipe, 256)
     pipe.enable_speedups(Speedups(compile=("prior", "decoder", "sr256")))

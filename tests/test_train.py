@@ -139,12 +139,12 @@ def _eval_loss(model_yaml: Path, stage: str, data: Path, config) -> float:
     """The stage's loss on the 8 training samples with a fixed generator: same t, noise and dropout."""
     from unclip.pipeline import UnCLIPCascade
     from unclip.train.data import CaptionedImages, collate
-    from unclip.train.objectives import DATA_RESOLUTION, OBJECTIVES
+    from unclip.train.objectives import data_resolution, objective_for
     from unclip.train.trainer import build_frozen
 
-    cascade = UnCLIPCascade.from_config(model_yaml)
-    objective = OBJECTIVES[stage](cascade, config).eval()
-    dataset = CaptionedImages(data, DATA_RESOLUTION[stage])
+    cascade = UnCLIPCascade.from_pretrained(model_yaml)
+    objective = objective_for(cascade, config).eval()
+    dataset = CaptionedImages(data, data_resolution(stage))
     frozen = build_frozen(config, cascade, dataset, torch.device("cpu"))
     batch = collate([dataset[i] for i in range(8)])
     total = 0.0

@@ -2,7 +2,7 @@
 pretrained components, built on diffusers.
 
     from unclip import UnCLIPCascade
-    pipe = UnCLIPCascade.from_config("karlo-x4", torch_dtype=torch.float16).to("cuda")
+    pipe = UnCLIPCascade.from_pretrained("karlo-x4", torch_dtype=torch.float16).to("cuda")
     images = pipe("a corgi playing a trumpet", seed=0).images
 """
 
@@ -12,10 +12,10 @@ __version__ = "0.1.0"
 
 # Public names, imported on first use so that `unclip --help` does not wait for torch.
 _EXPORTS = {
-    "CascadeOutput": "unclip.pipeline",
+    "CascadeOutput": "unclip.outputs",
     "UnCLIPCascade": "unclip.pipeline",
     "ModelConfig": "unclip.config",
-    "StageSettings": "unclip.config",
+    "StageSettings": "unclip.settings",
     "load_model_config": "unclip.config",
     "UnclipError": "unclip.errors",
     "UnCLIPTextProjModel": "unclip.text_proj",

@@ -25,13 +25,11 @@ from typing import Any
 
 import torch
 
-from unclip.config import STAGES, ModelConfig, StageSettings, karlo_defaults
+from unclip.config import ModelConfig, StageSettings, karlo_defaults
 from unclip.errors import UnclipError
-from unclip.pipeline_utils import STAGE_ARGUMENTS
+from unclip.plan import KEYWORDS
+from unclip.stages import STAGES, first_of
 
-# the pipeline method of each stage (text encoding is counted apart)
-STAGE_METHODS = {"text": "encode_text", "prior": "run_prior", "decoder": "run_decoder", "sr256": "run_sr256",
-                 "sr1024": "run_sr1024"}  # fmt: skip
 # Dense fp16/bf16 tensor-core peaks (no sparsity), from the vendors' data sheets, for "fraction of peak".
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0}
 
@@ -42,8 +40,9 @@ def synchronize(device: torch.device) -> None:
 
 
 class StageClock:
-    """While entered, wraps a cascade's stage methods: each call is timed (CUDA events on a GPU, so no sync
-    inside the stage), or with ``count_flops`` its FLOPs counted instead (FlopCounterMode slows the run)."""
+    """While entered, wraps the cascade's ``run_stage`` (each stage of the registry, by its name) and
+    ``encode_text`` (as ``text``): each call is timed (CUDA events on a GPU, so no sync inside the stage), or
+    with ``count_flops`` its FLOPs counted instead (FlopCounterMode slows the run)."""
 
     def __init__(self, pipe, count_flops: bool = False):
         self.pipe, self.count_flops = pipe, count_flops
@@ -51,36 +50,41 @@ class StageClock:
         self.flops: dict[str, int] = defaultdict(int)
 
     def __enter__(self) -> StageClock:
-        for stage, method in STAGE_METHODS.items():
-            setattr(self.pipe, method, self._wrap(stage, getattr(self.pipe, method)))
+        encode, run_stage = self.pipe.encode_text, self.pipe.run_stage
+
+        def stage(name, x, inputs, plan):
+            if name not in plan.stages:  # skipped: nothing to count
+                return run_stage(name, x, inputs, plan)
+            return self._timed(name, lambda: run_stage(name, x, inputs, plan))
+
+        self.pipe.encode_text = lambda *args, **kwargs: self._timed("text", lambda: encode(*args, **kwargs))
+        self.pipe.run_stage = stage
         return self
 
     def __exit__(self, *exc) -> None:
-        for method in STAGE_METHODS.values():
+        for method in ("encode_text", "run_stage"):
             delattr(self.pipe, method)  # the class's method again
 
-    def _wrap(self, stage: str, run: Callable) -> Callable:
-        def timed(*args, **kwargs):
-            if self.count_flops:
-                from torch.utils.flop_counter import FlopCounterMode
+    def _timed(self, stage: str, run: Callable[[], Any]) -> Any:
+        """``run()``, timed (or its FLOPs counted) as ``stage``."""
+        if self.count_flops:
+            from torch.utils.flop_counter import FlopCounterMode
 
-                with FlopCounterMode(display=False) as counter:
-                    out = run(*args, **kwargs)
-                self.flops[stage] += counter.get_total_flops()
-                return out
-            if self.pipe._execution_device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                out = run(*args, **kwargs)
-                end.record()
-                self.events[stage].append((start, end))
-            else:
-                began = time.perf_counter()
-                out = run(*args, **kwargs)
-                self.events[stage].append((began, time.perf_counter()))
+            with FlopCounterMode(display=False) as counter:
+                out = run()
+            self.flops[stage] += counter.get_total_flops()
             return out
-
-        return timed
+        if self.pipe.execution_device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = run()
+            end.record()
+            self.events[stage].append((start, end))
+        else:
+            began = time.perf_counter()
+            out = run()
+            self.events[stage].append((began, time.perf_counter()))
+        return out
 
     def reset(self) -> None:
         self.events.clear()
@@ -88,7 +92,7 @@ class StageClock:
 
     def seconds(self) -> dict[str, float]:
         """Seconds per stage since the last reset (after a sync: call it when the run is done)."""
-        synchronize(self.pipe._execution_device)
+        synchronize(self.pipe.execution_device)
         out = {}
         for stage, pairs in self.events.items():
             if pairs and isinstance(pairs[0][0], float):
@@ -104,8 +108,8 @@ def full_size_cascade(configs: str | Path, dtype: torch.dtype, device: str | tor
     import diffusers
     import transformers
 
-    from unclip.loading import LAYOUTS, SCHEDULER_CLASSES
-    from unclip.pipeline import UPSCALER_PREFIX, UnCLIPCascade
+    from unclip.loading import LAYOUTS, SCHEDULER_CLASSES, UPSCALER_PREFIX
+    from unclip.pipeline import UnCLIPCascade
     from unclip.replicas import clip_tokenizer_files
     from unclip.text_proj import UnCLIPTextProjModel
 
@@ -148,7 +152,7 @@ def full_size_cascade(configs: str | Path, dtype: torch.dtype, device: str | tor
         if layout == "x4":
             components["max_noise_level"] = index.get("max_noise_level", 350)
     if dtype == torch.float16:
-        components["upscaler_vae"].to(torch.float32)  # as from_config does: the x4 VAE overflows in fp16
+        components["upscaler_vae"].to(torch.float32)  # as from_pretrained does: the x4 VAE overflows in fp16
     config = ModelConfig(unclip=str(folders["karlo"]), upscaler=str(folders["x4"]), name="full-size replica")
     return UnCLIPCascade(**components, model_config=config)
 
@@ -244,13 +248,14 @@ def image_difference(ours: torch.Tensor, reference: torch.Tensor) -> dict[str, f
     }
 
 
-def call_kwargs(settings: dict) -> dict:
-    """UnCLIPCascade.__call__ keywords for a full set of StageSettings (its per-stage keywords are
-    STAGE_ARGUMENTS; the decoder's start serves only the edits, which __call__ does not take)."""
+def call_kwargs(settings: dict, kinds: dict | None = None) -> dict:
+    """UnCLIPCascade.__call__ keywords for a full set of StageSettings: the per-stage keywords (``KEYWORDS``) that
+    each stage's kind in ``kinds`` (default: the x4 cascade's) takes; the decoder's start serves only the edits."""
+    kinds = kinds or {stage: first_of(stage) for stage in STAGES}
     kwargs = {
-        name: getattr(settings[stage], field)
-        for name, (stage, field) in STAGE_ARGUMENTS.items()
-        if name != "decoder_start"
+        keyword: getattr(settings[name.stage], name.setting)
+        for keyword, name in KEYWORDS.items()
+        if name.setting in kinds[name.stage].settings and (name.stage, name.setting) != ("decoder", "start")
     }
     return {**kwargs, "scheduler": {stage: settings[stage].scheduler for stage in STAGES}}
 

@@ -13,7 +13,6 @@ Mistakes in the input end with one ``error: ...`` line on stderr and exit code 2
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,10 +30,12 @@ from unclip.cli_args import (
     positive_int,
     sampling_kwargs,
     save_result,
+    stage_kwargs,
     workers,
 )
-from unclip.errors import UnclipError, run_entry_point
+from unclip.errors import UnclipError, quiet_libraries, run_entry_point
 from unclip.speedups import PRESETS
+from unclip.stages import SIZES
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
@@ -54,18 +55,16 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args) -> int:
-    if any(not p.strip() for p in args.prompt):
-        raise UnclipError('the prompt is empty: give a text such as "a corgi playing a trumpet"')
-    if args.keep is not None and args.rerank is None:
-        raise UnclipError("--keep needs --rerank MODEL/PRETRAINED: the CLIP model that chooses which to keep")
-    if args.rerank and (args.keep or 1) > args.num_images:
-        raise UnclipError(f"--keep {args.keep or 1} > --num-images {args.num_images}: make more candidates")
+    from unclip.plan import check_keep, prompt_list
+
+    prompt_list(args.prompt)
+    check_keep(args.keep, args.rerank is not None, args.num_images)
     pipe, out = load_pipeline(args)
     rerank = None
     if args.rerank:
         from unclip.rerank import ClipReranker
 
-        rerank = ClipReranker.from_name(args.rerank, device=pipe._execution_device)
+        rerank = ClipReranker.from_name(args.rerank, device=pipe.execution_device)
     for i, prompt in enumerate(args.prompt):
         result = pipe(
             prompt,
@@ -140,7 +139,7 @@ def add_eval_shapes_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=positive_int, default=96, help="prompts, in rounds of 24: the held-out pairs first")
     p.add_argument("--seed", type=int, default=0, help="image k uses seed SEED + k")
     p.add_argument(
-        "--size", type=int, choices=(64, 256, 1024), default=64, help="64: prior and decoder; 256, 1024: upsamplers too"
+        "--size", type=int, choices=SIZES, default=64, help="64: prior and decoder; 256, 1024: upsamplers too"
     )
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per cascade call")
     p.add_argument("--out", type=Path, help="also save the images here, with metadata.jsonl (never overwritten)")
@@ -159,10 +158,11 @@ def run_eval_shapes(args) -> int:
     from unclip.config import load_model_config
     from unclip.demo import eval as shapes_eval
     from unclip.outputs import ensure_writable, save_images
+    from unclip.plan import resolve
 
     config = load_model_config(args.model)
-    if args.size > config.max_size:
-        raise UnclipError(f"--size {args.size} needs an upscaler: {args.model} has no 'upscaler:', so it ends at 256")
+    kwargs = sampling_kwargs(args)
+    resolve(config, size=args.size, scheduler=kwargs.pop("scheduler"), stage_args=stage_kwargs(args))
     device, dtype = device_and_dtype(args)
     if args.report is not None:
         shapes_eval.check_report_path(args.report)
@@ -172,13 +172,8 @@ def run_eval_shapes(args) -> int:
     from unclip.demo.shapes import eval_prompts
     from unclip.pipeline import UnCLIPCascade
 
-    pipe = UnCLIPCascade.from_config(config, torch_dtype=dtype).to(device)
+    pipe = UnCLIPCascade.from_pretrained(config, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
-
-    def save(images, metadata):
-        for meta in metadata:
-            meta["version"] = __version__
-        return save_images(out, images, metadata)
 
     evaluation = shapes_eval.evaluate(
         pipe,
@@ -186,7 +181,7 @@ def run_eval_shapes(args) -> int:
         seed=args.seed,
         size=args.size,
         batch_size=args.batch_size,
-        save=save if out else None,
+        save=(lambda images, metadata: save_images(out, images, metadata)) if out else None,
         progress=not args.quiet,
         **sampling_kwargs(args),
     )
@@ -204,7 +199,7 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-images", type=positive_int, default=1, help="images per prompt (a row may override)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per cascade call, across prompts")
     p.add_argument("--seed", type=int, default=0, help="image i of row r: SEED + 10000 r + i (a row may set its own)")
-    p.add_argument("--size", type=int, choices=(64, 256, 1024), help="stop early at this size (default: the largest)")
+    p.add_argument("--size", type=int, choices=SIZES, help="stop early at this size (default: the largest)")
     p.add_argument("--negative-prompt", default=None, help="for the rows that set none")
     add_sampling_args(p)
     p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
@@ -283,26 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_args, _) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text, formatter_class=Formatter))
     return parser
-
-
-class _WarningLine(logging.Handler):
-    """unclip's warnings as ``warning: ...`` lines on the current stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        print(f"warning: {record.getMessage()}", file=sys.stderr)
-
-
-def quiet_libraries() -> None:
-    log = logging.getLogger("unclip")
-    log.setLevel(logging.WARNING)
-    if not any(isinstance(h, _WarningLine) for h in log.handlers):
-        log.addHandler(_WarningLine())
-    import diffusers
-    import transformers
-
-    for library in (diffusers, transformers):  # their "Loading weights" bars would bury ours
-        library.utils.logging.set_verbosity_error()
-        library.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

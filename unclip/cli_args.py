@@ -1,5 +1,5 @@
-"""What the ``unclip`` subcommands share: argparse types and formatting, the per-stage sampling flags, device
-and dtype resolution, and loading a cascade for a command (``unclip.cli``, ``unclip.cli_edits``)."""
+"""What the ``unclip`` subcommands share: argparse types and formatting, the per-stage flags (made from the
+settings table, ``unclip.plan.KEYWORDS``), and loading a cascade for a command (``cli.py``, ``cli_edits.py``)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from unclip.config import STAGES, karlo_defaults
+from unclip import runtime
+from unclip.config import karlo_defaults
 from unclip.errors import UnclipError
+from unclip.plan import KEYWORDS, Name
+from unclip.runtime import DTYPES, resolve_device_and_dtype
 from unclip.schedulers import SCHEDULERS
-from unclip.speedups import PRESETS, named
-
-DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+from unclip.settings import SETTINGS
+from unclip.speedups import PRESETS
+from unclip.stages import SIZES, STAGES
 
 
 class Formatter(argparse.HelpFormatter):
@@ -52,8 +55,6 @@ def at_least(minimum: float, kind: type = int, what: str = "", unit: str = "") -
 
 
 positive_int = at_least(1)
-guidance = at_least(0, float, "guidance")
-level = at_least(0, int, "noise level")
 non_negative = at_least(0)
 workers = non_negative
 image_side = at_least(32, int, unit=" pixels")
@@ -73,54 +74,36 @@ def schedulers(text: str) -> dict[str, str]:
     return pairs
 
 
-# flag, UnCLIPCascade.__call__ keyword, stage, StageSettings field, type, help
-STAGE_FLAGS = [
-    ("--prior-steps", "prior_num_inference_steps", "prior", "steps", positive_int, "prior steps"),
-    ("--decoder-steps", "decoder_num_inference_steps", "decoder", "steps", positive_int, "64 px decoder steps"),
-    ("--sr-steps", "super_res_num_inference_steps", "sr256", "steps", positive_int, "64→256 steps"),
-    ("--upscale-steps", "upscale_num_inference_steps", "sr1024", "steps", positive_int, "256→1024 steps"),
-    ("--prior-guidance", "prior_guidance_scale", "prior", "guidance", guidance, "prior guidance scale, ≤ 1 is off"),
-    ("--decoder-guidance", "decoder_guidance_scale", "decoder", "guidance", guidance, "decoder guidance scale"),
-    ("--upscale-guidance", "upscale_guidance_scale", "sr1024", "guidance", guidance, "256→1024 guidance scale"),
-    (
-        "--noise-level",
-        "upscale_noise_level",
-        "sr1024",
-        "noise_level",
-        level,
-        "256→1024 low-res noise level: ≤ 350 (x4 upscaler), ≤ 999 (pixel upsampler)",
-    ),  # fmt: skip
-    ("--sr-noise-level", "super_res_noise_level", "sr256", "noise_level", level, "64→256 low-res noise level"),
-    (
-        "--sr-start",
-        "super_res_start",
-        "sr256",
-        "start",
-        non_negative,
-        "64→256: start at this timestep from the noised low-res image (SDEdit); 0: from pure noise",
-    ),  # fmt: skip
-    (
-        "--upscale-start",
-        "upscale_start",
-        "sr1024",
-        "start",
-        non_negative,
-        "256→1024 (pixel upsampler): start at this timestep from the noised low-res image; 0: from noise",
-    ),  # fmt: skip
-]
+def flag_type(name: Name) -> Callable[[str], Any]:
+    """An argparse type for one per-stage setting: its kind, then its one check (``unclip.settings``)."""
+    setting = SETTINGS[name.setting]
+
+    def parse(text: str):
+        value = setting.kind(text)
+        problem = setting.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = setting.kind.__name__  # argparse's "invalid int value: 'x'"
+    return parse
 
 
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    """Per-stage steps, guidance and noise levels, ``--scheduler``, ``--dtype`` and ``--device``."""
+def add_sampling_args(p: argparse.ArgumentParser, inversion: bool = False) -> None:
+    """A flag per (stage, setting) of the settings table (``unclip.plan.KEYWORDS``), ``--prior-samples``,
+    ``--scheduler``, ``--dtype`` and ``--device``. The decoder's start only with ``inversion`` (the edits that
+    DDIM-invert an image): it is where the inversion stops."""
     defaults = karlo_defaults()
-    for flag, kwarg, stage, field, kind, what in STAGE_FLAGS:
-        default = getattr(defaults[stage], field)
+    for keyword, name in KEYWORDS.items():
+        if name.stage == "decoder" and name.setting == "start" and not inversion:
+            continue
+        default = getattr(defaults[name.stage], name.setting)
         p.add_argument(
-            flag,
-            dest=kwarg,
-            type=kind,
-            metavar=field.upper(),
-            help=f"{what} (default: from the model config; Karlo's: {default})",
+            *name.flags,
+            dest=keyword,
+            type=flag_type(name),
+            metavar=name.setting.upper(),
+            help=f"{name.help} (default: from the model config; Karlo's: {default})",
         )
     p.add_argument(
         "--prior-samples",
@@ -145,60 +128,37 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def sampling_kwargs(args) -> dict:
     """The UnCLIPCascade.__call__ keywords of add_sampling_args' flags (None: the model config's)."""
-    return {
-        "scheduler": args.scheduler,
-        "prior_samples": args.prior_samples,
-        **{kwarg: getattr(args, kwarg) for _, kwarg, *_ in STAGE_FLAGS},
-    }
+    return {"scheduler": args.scheduler, "prior_samples": args.prior_samples, **stage_kwargs(args)}
+
+
+def stage_kwargs(args) -> dict:
+    """Only the per-stage keywords of ``sampling_kwargs``."""
+    return {keyword: getattr(args, keyword) for keyword in KEYWORDS if hasattr(args, keyword)}
 
 
 def device_and_dtype(args):
     return resolve_device_and_dtype(args.device, args.dtype)
 
 
-def resolve_device_and_dtype(name: str, dtype_name: str):
-    """``--device`` and ``--dtype`` resolved: auto is CUDA in fp16 when there is a GPU, else CPU in fp32."""
-    import torch
-
-    device = name
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise UnclipError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UnclipError("--device cuda but no CUDA GPU is visible: use --device cpu")
-    dtype = dtype_name if dtype_name != "auto" else ("fp16" if device.type == "cuda" else "fp32")
-    if dtype == "fp16" and device.type == "cpu":
-        raise UnclipError("--dtype fp16 needs a CUDA GPU: use --dtype fp32 (or bf16) on CPU")
-    return device, getattr(torch, DTYPES[dtype])
-
-
-def generate_device_and_dtype(args):
-    device, dtype = device_and_dtype(args)
-    if args.offload and device.type != "cuda":
-        raise UnclipError("--offload moves models between CPU and GPU: it needs --device cuda")
-    from unclip.pipeline import check_attention
-
-    check_attention(args.attention, device)
-    return device, dtype
-
-
-def add_pipeline_args(p: argparse.ArgumentParser, seed_help: str = "image k of the run uses seed SEED + k") -> None:
+def add_pipeline_args(
+    p: argparse.ArgumentParser, seed_help: str = "image k of the run uses seed SEED + k", inversion: bool = False
+) -> None:
     """--model, --out, --seed, --size, the sampling flags, --attention, --offload and --quiet."""
     p.add_argument(
-        "--model", default="demo", help="preset name (a file of configs/: demo, karlo-x4, karlo) or a model YAML file"
+        "--model",
+        default="demo",
+        help="preset name (a file of configs/: demo, karlo-x4, karlo), a model YAML file, or a folder written by "
+        "save_pretrained or the trainer",
     )
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (never overwritten)")
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument(
         "--size",
         type=int,
-        choices=(64, 256, 1024),
+        choices=SIZES,
         help="stop early at this size (default: the largest the model makes)",
     )
-    add_sampling_args(p)
+    add_sampling_args(p, inversion)
     p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
     p.add_argument("--offload", action="store_true", help="model CPU offload: keep only the running model on the GPU")
     p.add_argument("--speedups", choices=tuple(PRESETS), default="default", metavar="PRESET",
@@ -207,43 +167,34 @@ def add_pipeline_args(p: argparse.ArgumentParser, seed_help: str = "image k of t
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def load_pipeline(args):
+def load_pipeline(args, first_stage: str = "prior", inverted: bool = False):
     """The cascade of ``--model`` on ``--device`` and the writable ``--out`` folder, after every check of
-    add_pipeline_args' flags (nothing is loaded when one fails)."""
+    add_pipeline_args' flags that needs no model (nothing is loaded when one fails): the plan of the call
+    (``unclip.plan.resolve``), device, dtype, attention, offload and speed-ups (``unclip.runtime.resolve``)."""
     if args.seed < 0:
         raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
     from unclip.config import load_model_config
     from unclip.outputs import ensure_writable
+    from unclip.plan import resolve
 
     config = load_model_config(args.model)
-    if args.size and args.size > config.max_size:
-        raise UnclipError(f"--size {args.size} needs an upscaler: {args.model} has no 'upscaler:', so it ends at 256")
-    speedups = named(args.speedups)
-    if args.offload and speedups.compile:
-        raise UnclipError(f"--offload and --speedups {args.speedups} (it compiles models) don't mix: drop one")
-    device, dtype = generate_device_and_dtype(args)
+    resolve(config, size=args.size, scheduler=args.scheduler, stage_args=stage_kwargs(args), first_stage=first_stage,
+            inverted=inverted)  # fmt: skip
+    device, dtype, speedups = runtime.resolve(args.device, args.dtype, args.attention, args.offload, args.speedups)
     out = ensure_writable(args.out)
 
     from unclip.pipeline import UnCLIPCascade
 
-    pipe = UnCLIPCascade.from_config(config, torch_dtype=dtype)
-    if args.offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    pipe.set_attention(args.attention)
-    pipe.enable_speedups(speedups)
-    pipe.set_progress_bar_config(disable=args.quiet)
+    pipe = UnCLIPCascade.from_pretrained(config, torch_dtype=dtype)
+    runtime.place(pipe, device, attention=args.attention, offload=args.offload, speedups=speedups,
+                  progress=not args.quiet)  # fmt: skip
     return pipe, out
 
 
 def save_result(out: Path, result) -> list[Path]:
-    """Each image of a CascadeOutput as a PNG with its metadata line (and unclip's version); prints the paths."""
-    from unclip import __version__
+    """Each image of a CascadeOutput as a PNG with its metadata line; prints the paths."""
     from unclip.outputs import save_images
 
-    for meta in result.metadata:
-        meta["version"] = __version__
     paths = save_images(out, result.images, result.metadata)
     for path in paths:
         print(path)

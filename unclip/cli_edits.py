@@ -13,26 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unclip.cli_args import (
-    add_pipeline_args,
-    at_least,
-    load_pipeline,
-    non_negative,
-    positive_int,
-    sampling_kwargs,
-    save_result,
-)
+from unclip.cli_args import add_pipeline_args, flag_type, load_pipeline, positive_int, sampling_kwargs, save_result
 from unclip.errors import UnclipError
+from unclip.plan import KEYWORDS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-_unit = at_least(0.0, float, "eta")
-
-
-def _eta(text: str) -> float:
-    value = _unit(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"eta must be ≤ 1, got {value}")
-    return value
 
 
 def _image_file(text: str) -> Path:
@@ -68,28 +53,12 @@ def _save_frames(out: Path, result, args) -> None:
         print(save_gif(paths, args.gif_ms))
 
 
-def _stage_kwargs(args, prior: bool = False) -> dict:
-    """sampling_kwargs without the prior-only best-of-n, which the edits do not take; --invert-start. Without
-    ``prior`` (vary, diff: no prior runs) the prior's flags are refused rather than ignored."""
+def _stage_kwargs(args) -> dict:
+    """sampling_kwargs without the prior-only best-of-n, which the edits do not take."""
     kwargs = sampling_kwargs(args)
     if kwargs.pop("prior_samples") != 1:
         raise UnclipError("--prior-samples applies to generate and batch (text → image), not to the edits")
-    if not prior and (kwargs["prior_num_inference_steps"] or kwargs["prior_guidance_scale"] is not None):
-        raise UnclipError(f"--prior-steps/--prior-guidance: {args.command} starts from the image, no prior runs")
-    if getattr(args, "decoder_start", None) is not None:
-        kwargs["decoder_start"] = args.decoder_start
     return kwargs
-
-
-def _invert_start(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--invert-start",
-        dest="decoder_start",
-        type=non_negative,
-        metavar="T",
-        help="DDIM inversion stops at the last timestep ≤ T and sampling resumes there; 0: all the way to noise "
-        "(default: the model config's decoder start)",
-    )
 
 
 def add_vary_args(p: argparse.ArgumentParser) -> None:
@@ -101,14 +70,18 @@ def add_vary_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="faithful variations: DDIM-invert the image to the decoder's noise, then sample with DDIM at --eta",
     )
-    p.add_argument("--eta", type=_eta, default=0.5, help="with --invert: 0 gives the image back, 1 varies the most")
-    _invert_start(p)
-    add_pipeline_args(p, "variation k of the run uses seed SEED + k")
+    p.add_argument(
+        "--eta",
+        type=flag_type(KEYWORDS["decoder_eta"]),
+        help="the decoder's DDIM η (--decoder-eta); with --invert: 0 gives the image back, 1 varies the most "
+        "(default with --invert: 0.5)",
+    )
+    add_pipeline_args(p, "variation k of the run uses seed SEED + k", inversion=True)
 
 
 def run_vary(args) -> int:
     images = [_image_file(text) for text in args.image]
-    pipe, out = load_pipeline(args)
+    pipe, out = load_pipeline(args, "decoder", args.invert)
     result = pipe.vary(
         images,
         prompt=args.prompt,
@@ -133,9 +106,9 @@ def add_interpolate_args(p: argparse.ArgumentParser) -> None:
 
 def run_interpolate(args) -> int:
     start, end = _image_or_prompt(args.start), _image_or_prompt(args.end)
-    pipe, out = load_pipeline(args)
+    pipe, out = load_pipeline(args, "prior" if isinstance(start, str) or isinstance(end, str) else "decoder")
     result = pipe.interpolate(
-        start, end, frames=args.frames, seed=args.seed, size=args.size, prompt=args.prompt, **_stage_kwargs(args, True)
+        start, end, frames=args.frames, seed=args.seed, size=args.size, prompt=args.prompt, **_stage_kwargs(args)
     )
     _save_frames(out, result, args)
     return 0
@@ -155,15 +128,16 @@ def add_diff_args(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="fixed noise from --seed instead of the image's DDIM inversion (frame 0 is then not the image)",
     )
-    _invert_start(p)
-    add_pipeline_args(p, "the noise of the stages after the decoder (and of the decoder with --no-invert)")
+    add_pipeline_args(
+        p, "the noise of the stages after the decoder (and of the decoder with --no-invert)", inversion=True
+    )
 
 
 def run_diff(args) -> int:
     image = _image_file(args.image)
     if not 0 < args.max_theta <= 1:
         raise UnclipError(f"--max-theta must be in (0, 1], got {args.max_theta}")
-    pipe, out = load_pipeline(args)
+    pipe, out = load_pipeline(args, "decoder", args.invert)
     result = pipe.text_diff(
         image,
         args.from_prompt,

@@ -18,7 +18,6 @@ image-variations repo (karlo-v1-alpha-image-variations) as ``unclip:`` brings it
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,41 +25,13 @@ from typing import Any
 import yaml
 
 from unclip.errors import UnclipError
-
-STAGES = ("prior", "decoder", "sr256", "sr1024")
-
-
-@dataclass
-class StageSettings:
-    """Sampling settings of one stage. ``guidance`` ≤ 1 turns classifier-free guidance off."""
-
-    steps: int
-    guidance: float = 1.0
-    scheduler: str = "default"
-    noise_level: int = 0  # upsamplers only: augmentation level of the low-res input
-    # > 0: pixel upsamplers start at this timestep from the noised low-res image (SDEdit); the decoder's DDIM
-    # inversion (the edits' invert) stops here and sampling resumes from it. Text-to-image ignores the decoder's.
-    start: int = 0
-
-    def validate(self, stage: str) -> None:
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
-            raise UnclipError(f"{stage} steps must be a whole number ≥ 1, got {self.steps!r}")
-        if not isinstance(self.guidance, (int, float)) or self.guidance < 0:
-            raise UnclipError(f"{stage} guidance must be a number ≥ 0, got {self.guidance!r}")
-        if not isinstance(self.noise_level, int) or self.noise_level < 0:
-            raise UnclipError(f"{stage} noise_level must be a whole number ≥ 0, got {self.noise_level!r}")
-        if not isinstance(self.start, int) or isinstance(self.start, bool) or self.start < 0:
-            raise UnclipError(f"{stage} start must be a whole number ≥ 0 (0: from pure noise), got {self.start!r}")
+from unclip.settings import StageSettings, replace
+from unclip.stages import STAGES, defaults, settings_of
 
 
 def karlo_defaults() -> dict[str, StageSettings]:
     """The reference pipelines' defaults: UnCLIPPipeline (Karlo) and StableDiffusionUpscalePipeline."""
-    return {
-        "prior": StageSettings(steps=25, guidance=4.0),
-        "decoder": StageSettings(steps=25, guidance=8.0),
-        "sr256": StageSettings(steps=7),
-        "sr1024": StageSettings(steps=75, guidance=9.0, noise_level=20),
-    }
+    return defaults()
 
 
 @dataclass
@@ -84,7 +55,7 @@ class ModelConfig:
         if self.image_encoder:
             out["image_encoder"] = self.image_encoder
         for stage, settings in self.stages.items():
-            out[stage] = dataclasses.asdict(settings)
+            out[stage] = {name: getattr(settings, name) for name in settings_of(stage)}
         return out
 
 
@@ -113,13 +84,11 @@ def _stage_from_dict(stage: str, raw: Any, default: StageSettings, source: str) 
         return default
     if not isinstance(raw, dict):
         raise UnclipError(f"{source}: '{stage}' must be a mapping such as {{steps: 25}}, got {raw!r}")
-    valid = [f.name for f in dataclasses.fields(StageSettings)]
+    valid = settings_of(stage)
     unknown = sorted(set(raw) - set(valid))
     if unknown:
         raise UnclipError(f"{source}: unknown key {stage}.{unknown[0]}; valid keys: {', '.join(valid)}")
-    settings = dataclasses.replace(default, **raw)
-    settings.validate(f"{source}: {stage}")
-    return settings
+    return replace(default, raw, f"{source}: {stage}")
 
 
 def model_config_from_dict(raw: Any, *, source: str = "<dict>", base: Path | None = None) -> ModelConfig:
@@ -161,9 +130,14 @@ def _resolve_image_encoder(value: Any, base: Path, source: str) -> str:
 
 
 def load_model_config(name_or_path: str | Path) -> ModelConfig:
-    """Load a preset by name (``karlo-x4``) or a YAML file by path."""
+    """A preset by name (``karlo-x4``), a YAML file, a folder holding ``model.yaml`` (what ``save_pretrained`` and
+    the trainer write), or a folder or hub id in Karlo's layout (``kakaobrain/karlo-v1-alpha``: Karlo's defaults)."""
     text = str(name_or_path)
     path = Path(text).expanduser()
+    if path.is_dir() and (path / "model.yaml").is_file():
+        path = path / "model.yaml"
+    elif path.is_dir() and (path / "model_index.json").is_file() or _looks_like_hub_id(text):
+        return ModelConfig(unclip=str(path.resolve()) if path.is_dir() else text, name=text)
     if text.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise UnclipError(
@@ -173,7 +147,8 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
         path = presets_dir() / f"{text}.yaml"
         if not path.is_file():
             raise UnclipError(
-                f"unknown model '{text}'; presets: {', '.join(preset_names())} (or give a path to a YAML file)"
+                f"unknown model '{text}'; presets: {', '.join(preset_names())} (or a model YAML file, a folder "
+                "written by save_pretrained, or a hub id in Karlo's layout)"
             )
     try:
         raw = yaml.safe_load(path.read_text())
@@ -182,6 +157,13 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     config = model_config_from_dict(raw, source=str(path), base=path.parent)
     config.name = path.stem if path.parent == presets_dir() else str(path)
     return config
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    """``owner/name`` that is not a local path: a Hugging Face Hub repository."""
+    parts = text.split("/")
+    local = text.startswith((".", "~")) or text.endswith((".yaml", ".yml")) or Path(text).exists()
+    return len(parts) == 2 and all(parts) and not local
 
 
 def save_model_config(config: ModelConfig, path: str | Path) -> Path:

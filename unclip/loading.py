@@ -249,3 +249,73 @@ def load_layout(location: str, layout: str, dtype: torch.dtype = torch.float32) 
         if not key.startswith("_") and key not in LAYOUTS[layout] and not isinstance(value, list):
             components[key] = value
     return components
+
+
+# ------------------------------------------------------------------------------- a cascade's components
+UPSCALER_PREFIX = "upscaler_"  # the cascade's names of the upscaler's components: upscaler_unet, upscaler_vae, ...
+PIPELINE_CLASSES = {"x4": "StableDiffusionUpscalePipeline", "pixel": "PixelUpscalerPipeline"}
+
+
+def load_components(config, dtype: torch.dtype) -> dict[str, Any]:
+    """``UnCLIPCascade``'s constructor keywords for a ``unclip.config.ModelConfig``: Karlo's components, then the
+    upscaler's (``upscaler_`` + their role) and its ``max_noise_level``. In float16 the x4 upscaler's VAE stays
+    in float32: it overflows in float16 (black images), as in the reference pipeline."""
+    components = load_layout(config.unclip, "karlo", dtype)
+    if config.upscaler:
+        layout = detect_upscaler_layout(config.upscaler)
+        upscaler = load_layout(config.upscaler, layout, dtype)
+        components["max_noise_level"] = upscaler.pop("max_noise_level", 350)
+        if layout == "x4" and dtype == torch.float16:
+            upscaler["vae"].to(torch.float32)
+        components.update({UPSCALER_PREFIX + name: module for name, module in upscaler.items()})
+    return components
+
+
+def component_entry(component: Any) -> list[str]:
+    """A component's model_index.json entry: ``[library, class name]``."""
+    return [type(component).__module__.split(".")[0], type(component).__name__]
+
+
+def write_model_index(folder: str | Path, class_name: str, entries: dict[str, Any]) -> Path:
+    """``folder/model_index.json`` as diffusers writes it (sorted keys, indent 2, its version): the one writer of
+    it, for ``save_pretrained``, the test replicas and the from-scratch architectures. ``entries``: component →
+    ``[library, class]``, and other keys (``max_noise_level``, ``_unclip_layout``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = {"_class_name": class_name, **entries, "_diffusers_version": diffusers.__version__}
+    path = folder / "model_index.json"
+    path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_scheduler(folder: str | Path, class_name: str, config: dict[str, Any]) -> list[str]:
+    """A scheduler's ``scheduler_config.json``; returns its model_index.json entry."""
+    write_json(Path(folder) / "scheduler_config.json", {"_class_name": class_name, **config})
+    return ["diffusers", class_name]
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    """A config file as diffusers writes it (sorted keys, indent 2), stamped with the installed version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {**content, "_diffusers_version": diffusers.__version__}
+    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def save_layout(cascade, folder: Path, layout: str, prefix: str = "") -> None:
+    """Write the cascade's components of ``layout`` (with ``prefix`` in the cascade) in that hub layout."""
+    entries: dict[str, Any] = {}
+    for name in LAYOUTS[layout]:
+        component = getattr(cascade, prefix + name)
+        if component is not None:
+            component.save_pretrained(folder / name)
+            entries[name] = component_entry(component)
+    if layout == "karlo":
+        variations = cascade.image_encoder is not None and cascade.prior is None
+        class_name = "UnCLIPImageVariationPipeline" if variations else "UnCLIPPipeline"
+    else:
+        class_name = PIPELINE_CLASSES[layout]
+    if layout == "x4":
+        entries["max_noise_level"] = cascade.max_noise_level
+    if layout == "pixel":
+        entries["_unclip_layout"] = "pixel"
+    write_model_index(folder, class_name, entries)

@@ -1,4 +1,5 @@
-"""Writing generated images: PNGs that carry their parameters, and one metadata.jsonl line per image.
+"""What a cascade call returns (``CascadeOutput``) and writes: PNGs that carry their parameters (A1111's
+``parameters`` text) and one metadata.jsonl line per image.
 
 Nothing is ever overwritten: file numbers continue after the highest already in the folder, and each
 PNG is created exclusively (a clash moves on to the next number).
@@ -10,15 +11,43 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from unclip.errors import UnclipError
 
 _NUMBERED = re.compile(r"^(\d+)-")
+
+
+@dataclass
+class CascadeOutput(BaseOutput):
+    """``images``: PIL images, an (N, H, W, 3) float array or an (N, 3, H, W) tensor in [0, 1].
+    ``metadata``: one dict per image with everything needed to make it again."""
+
+    images: Any
+    metadata: list[dict[str, Any]]
+
+
+def postprocess(x: torch.Tensor, output_type: str):
+    """Images in [-1, 1] as ``output_type`` (``pil``, ``np`` or ``pt``) in [0, 1]."""
+    images = (x * 0.5 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return images.float().cpu()
+    array = images.cpu().permute(0, 2, 3, 1).float().numpy()
+    return array if output_type == "np" else DiffusionPipeline.numpy_to_pil(array)
+
+
+def output(x: torch.Tensor, metadata: list[dict[str, Any]], output_type: str, return_dict: bool):
+    """What a cascade call returns: a ``CascadeOutput``, or ``(images, metadata)``."""
+    images = postprocess(x, output_type)
+    return CascadeOutput(images=images, metadata=metadata) if return_dict else (images, metadata)
 
 
 def ensure_writable(folder: Path) -> Path:
@@ -35,30 +64,17 @@ def ensure_writable(folder: Path) -> Path:
 
 
 def a1111_parameters(meta: dict[str, Any]) -> str:
-    """The AUTOMATIC1111 ``parameters`` text: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs."""
+    """The AUTOMATIC1111 ``parameters`` text: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs: the
+    decoder's settings under A1111's own keys (Steps, CFG scale, Sampler), then seed, size and model, then the
+    other stages' (``Prior steps``, ``SR1024 noise level``, ...), named by ``unclip.plan.LABELS``."""
+    from unclip.plan import LABELS
+
     stages = meta["stages"]
-    decoder = stages["decoder"]
-    pairs = {
-        "Steps": decoder["steps"],
-        "Sampler": decoder["scheduler"],
-        "CFG scale": decoder["guidance"],
-        "Seed": meta["seed"],
-        "Size": f"{meta['size']}x{meta['size']}",
-        "Model": meta["model"],
-    }
-    if "prior" in stages:  # the edits that start from an image embedding run no prior
-        prior = stages["prior"]
-        pairs.update({"Prior steps": prior["steps"], "Prior sampler": prior["scheduler"]})
-        pairs["Prior CFG scale"] = prior["guidance"]
-    if "sr256" in stages:
-        pairs.update({"SR256 steps": stages["sr256"]["steps"], "SR256 sampler": stages["sr256"]["scheduler"]})
-        pairs["SR256 noise level"] = stages["sr256"]["noise_level"]
-    if "sr1024" in stages:
-        sr = stages["sr1024"]
-        pairs.update(
-            {"SR1024 steps": sr["steps"], "SR1024 sampler": sr["scheduler"], "SR1024 CFG scale": sr["guidance"]}
-        )
-        pairs["Noise level"] = sr["noise_level"]
+    pairs = {LABELS["decoder", name]: value for name, value in stages.get("decoder", {}).items()}
+    pairs.update({"Seed": meta["seed"], "Size": f"{meta['size']}x{meta['size']}", "Model": meta["model"]})
+    for stage, settings in stages.items():
+        if stage != "decoder":
+            pairs.update({LABELS[stage, name]: value for name, value in settings.items()})
     if "edit" in meta:
         pairs["Edit"] = meta["edit"]
     pairs["Version"] = f"unclip {meta.get('version', '')}".strip()

@@ -24,7 +24,6 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import AutoencoderKL, PriorTransformer, UNet2DConditionModel, UNet2DModel
 from transformers import (
@@ -37,6 +36,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from unclip.loading import component_entry, write_model_index, write_scheduler
 from unclip.text_proj import UnCLIPTextProjModel
 
 __all__ = ["clip_tokenizer_files", "randomize_", "tiny_karlo", "tiny_pixel_upscaler", "tiny_x4_upscaler"]
@@ -314,7 +314,7 @@ def tiny_karlo(out_dir: str | Path, *, seed: int = 0, with_prior: bool = True, i
         index["prior"] = _save_model(out, "prior", _karlo_prior, seed)
     for name, config in KARLO_SCHEDULERS.items():
         if with_prior or name != "prior_scheduler":
-            index[name] = _save_scheduler(out / name, "UnCLIPScheduler", config)
+            index[name] = write_scheduler(out / name, "UnCLIPScheduler", config)
     pipeline_class = "UnCLIPPipeline"
     if image_variations:
         index["image_encoder"] = _save_model(
@@ -323,7 +323,7 @@ def tiny_karlo(out_dir: str | Path, *, seed: int = 0, with_prior: bool = True, i
         CLIPImageProcessor(**KARLO_FEATURE_EXTRACTOR).save_pretrained(out / "feature_extractor")
         index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
         pipeline_class = "UnCLIPImageVariationPipeline"
-    _write_json(out / "model_index.json", {"_class_name": pipeline_class, **index})
+    write_model_index(out, pipeline_class, index)
     return out
 
 
@@ -341,9 +341,9 @@ def tiny_x4_upscaler(out_dir: str | Path, *, seed: int = 0) -> Path:
         "tokenizer": _save_tokenizer(out / "tokenizer", pad_token="!"),
     }
     for name, (class_name, config) in X4_SCHEDULERS.items():
-        index[name] = _save_scheduler(out / name, class_name, config)
+        index[name] = write_scheduler(out / name, class_name, config)
     index["max_noise_level"] = 350
-    _write_json(out / "model_index.json", {"_class_name": "StableDiffusionUpscalePipeline", **index})
+    write_model_index(out, "StableDiffusionUpscalePipeline", index)
     return out
 
 
@@ -353,9 +353,9 @@ def tiny_pixel_upscaler(out_dir: str | Path, *, seed: int = 0) -> Path:
     index = {
         "_unclip_layout": "pixel",
         "unet": _save_model(out, "unet", lambda: UNet2DModel(**PIXEL_UPSCALER), seed),
-        "scheduler": _save_scheduler(out / "scheduler", "UnCLIPScheduler", KARLO_SCHEDULERS["super_res_scheduler"]),
+        "scheduler": write_scheduler(out / "scheduler", "UnCLIPScheduler", KARLO_SCHEDULERS["super_res_scheduler"]),
     }
-    _write_json(out / "model_index.json", {"_class_name": "PixelUpscalerPipeline", **index})
+    write_model_index(out, "PixelUpscalerPipeline", index)
     return out
 
 
@@ -376,7 +376,7 @@ def _save_model(out: Path, name: str, build: Callable[[], torch.nn.Module], seed
         model = build()
     randomize_(model, torch.Generator().manual_seed(component_seed))
     model.save_pretrained(out / name)
-    return [type(model).__module__.split(".")[0], type(model).__name__]
+    return component_entry(model)
 
 
 def _save_tokenizer(path: Path, *, pad_token: str) -> list[str]:
@@ -386,15 +386,3 @@ def _save_tokenizer(path: Path, *, pad_token: str) -> list[str]:
     )
     tokenizer.save_pretrained(path)
     return ["transformers", "CLIPTokenizer"]
-
-
-def _save_scheduler(path: Path, class_name: str, config: dict) -> list[str]:
-    _write_json(path / "scheduler_config.json", {"_class_name": class_name, **config})
-    return ["diffusers", class_name]
-
-
-def _write_json(path: Path, content: dict) -> None:
-    """Writes a config as diffusers does (sorted keys, indent 2), stamped with the installed version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    content = {**content, "_diffusers_version": diffusers.__version__}
-    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")

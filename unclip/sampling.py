@@ -8,7 +8,9 @@ guided if guidance is on. The scheduler supplies the reverse step x_t → x_{t-1
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from diffusers import SchedulerMixin
@@ -26,6 +28,39 @@ def initial_noise(
 ) -> torch.Tensor:
     """x_T ~ N(0, I), one generator per image so an image is the same alone or in a batch."""
     return randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+
+
+def image_generators(seed: int | None, generator, batch: int) -> tuple[Any, list[int | None]]:
+    """One generator per image and their seeds: image k of a call uses ``Generator("cpu").manual_seed(seed + k)``,
+    so it is the same alone or in a batch (a random seed when None). ``generator`` (diffusers' form: one for the
+    batch or one per image) is used as given, its seeds unknown."""
+    if generator is not None:
+        if isinstance(generator, list) and len(generator) != batch:
+            raise UnclipError(f"got {len(generator)} generators for {batch} images: give one per image")
+        return generator, [None] * batch
+    if seed is None:
+        seed = random.randrange(2**31)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UnclipError(f"seed must be a whole number ≥ 0, got {seed!r}")
+    return [torch.Generator("cpu").manual_seed(seed + k) for k in range(batch)], [seed + k for k in range(batch)]
+
+
+def fork_generator(generator: torch.Generator, j: int) -> torch.Generator:
+    """A generator for draw ``j`` of an image: seeded from the image generator's initial seed and j."""
+    seed = (generator.initial_seed() * 0x9E3779B97F4A7C15 + j) % 2**63
+    return torch.Generator(generator.device).manual_seed(seed)
+
+
+def first_step(timesteps: torch.Tensor, start: int, num_steps: int, stage: str = "") -> int:
+    """The index of the first of ``timesteps`` (descending) that is ≤ ``start``: where an SDEdit or an inverted
+    sample begins. An error naming the timesteps when ``start`` is below all of them."""
+    first = int((timesteps > start).sum())
+    if first == len(timesteps):
+        raise UnclipError(
+            f"{stage + ': ' if stage else ''}start {start} is below every one of its {num_steps} timesteps "
+            f"({', '.join(str(int(t)) for t in timesteps)}): raise start or steps"
+        )
+    return first
 
 
 def sample(
@@ -57,9 +92,7 @@ def sample(
     x = x_T * scheduler.init_noise_sigma
     first = 0  # the index of the first step run, in the full list of timesteps
     if start > 0:
-        first = int((timesteps > start).sum())
-        if first == len(timesteps):
-            raise UnclipError(f"start {start} is below every one of the {num_steps} timesteps: raise start or steps")
+        first = first_step(timesteps, start, num_steps, desc)
         if hasattr(scheduler, "set_begin_index"):  # multistep solvers count their steps from here
             scheduler.set_begin_index(first)
         x = scheduler.add_noise(init, x_T, timesteps[first : first + 1]) if init is not None else x_T

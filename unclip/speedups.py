@@ -33,17 +33,11 @@ from dataclasses import dataclass
 import torch
 
 from unclip.errors import UnclipError
+from unclip.stages import STAGES
+from unclip.stages.x4 import VAE_DTYPES
 
-# the pipeline components that denoise in each stage (what ``compile`` compiles)
-STAGE_MODELS = {
-    "prior": ("prior",),
-    "decoder": ("decoder",),
-    "sr256": ("super_res_first", "super_res_last"),
-    "sr1024": ("upscaler_unet",),
-}
-# what ``channels_last`` converts (convolutional models only)
-CONV_MODELS = ("decoder", "super_res_first", "super_res_last", "upscaler_unet", "upscaler_vae")
-VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# What each switch touches comes from the stage registry (unclip.stages): ``compile`` compiles a stage's
+# ``models``, ``channels_last`` converts its ``conv_models``.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -61,9 +55,9 @@ class Speedups:
 
     def __post_init__(self):
         object.__setattr__(self, "compile", tuple(self.compile))
-        unknown = [stage for stage in self.compile if stage not in STAGE_MODELS]
+        unknown = [stage for stage in self.compile if stage not in STAGES]
         if unknown:
-            raise UnclipError(f"compile: unknown stage '{unknown[0]}'; stages: {', '.join(STAGE_MODELS)}")
+            raise UnclipError(f"compile: unknown stage '{unknown[0]}'; stages: {', '.join(STAGES)}")
         if self.compile_mode not in COMPILE_MODES:
             raise UnclipError(f"compile_mode '{self.compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
         if self.vae_dtype is not None and self.vae_dtype not in VAE_DTYPES:
@@ -99,7 +93,7 @@ PRESETS: dict[str, Callable[[], Speedups]] = {
     "vae_tiled": lambda: Speedups(vae_tiling=True),
     "no_compile": lambda: Speedups(channels_last=True, vae_dtype="bf16"),
     "graphs": lambda: Speedups(channels_last=True, vae_dtype="bf16", compile=("prior", "decoder", "sr256")),
-    "fast": lambda: Speedups(channels_last=True, vae_dtype="bf16", compile=tuple(STAGE_MODELS)),
+    "fast": lambda: Speedups(channels_last=True, vae_dtype="bf16", compile=STAGES),
 }
 
 
@@ -132,11 +126,10 @@ def apply(pipe, speedups: Speedups) -> dict[str, object]:
     component name, which the stages run instead of the modules (``pipe._compile_cache`` keeps them all)."""
     if speedups.compile and getattr(pipe, "_offload_gpu_id", None) is not None:
         raise UnclipError("compile and model CPU offload don't mix (offload moves weights each call): choose one")
+    stages = pipe.stages
     memory_format = torch.channels_last if speedups.channels_last else torch.contiguous_format
-    for name in CONV_MODELS:
-        module = getattr(pipe, name, None)
-        if module is not None:
-            module.to(memory_format=memory_format)
+    for name in dict.fromkeys(name for stage in stages.values() for name in stage.conv_models):
+        getattr(pipe, name).to(memory_format=memory_format)
     vae = getattr(pipe, "upscaler_vae", None)
     if vae is not None and speedups.vae_tiling:
         vae.enable_tiling()
@@ -145,19 +138,10 @@ def apply(pipe, speedups: Speedups) -> dict[str, object]:
     cache = pipe._compile_cache  # compiled once per module and compiler, kept when a switch goes off and on
     fast = {}
     for stage in speedups.compile:
-        for name in STAGE_MODELS[stage]:
-            module = getattr(pipe, name, None)
-            if module is None:
-                continue
+        for name in stages[stage].models if stage in stages else ():
+            module = getattr(pipe, name)
             key = (name, speedups.compile_mode, speedups.compile_backend, speedups.fullgraph)
             if key not in cache:
                 cache[key] = compiled(module, speedups)
             fast[name] = cache[key]
     return fast
-
-
-def vae_decode_dtype(speedups: Speedups, cascade_dtype: torch.dtype) -> torch.dtype:
-    """The dtype the x4 VAE decodes in (see ``vae_dtype``)."""
-    if speedups.vae_dtype is not None:
-        return VAE_DTYPES[speedups.vae_dtype]
-    return torch.float32 if cascade_dtype == torch.float16 else cascade_dtype

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from unclip import runtime
 from unclip.batch import runfile
 from unclip.batch.gallery import write_gallery
 from unclip.batch.plan import plan
@@ -32,7 +33,7 @@ from unclip.batch.prompts import read_prompts
 from unclip.batch.run import run_shard, shard
 from unclip.batch.store import METADATA, PARTS, read_lines, repair
 from unclip.errors import UnclipError
-from unclip.speedups import named
+from unclip.plan import KEYWORDS, resolve
 
 
 @dataclass
@@ -80,12 +81,12 @@ def _state():
     return PartialState(cpu=several and not torch.cuda.is_available())
 
 
-def _device_and_dtype(request: Request, state) -> tuple[torch.device, torch.dtype]:
-    """``generate``'s resolution of --device and --dtype; under accelerate, auto is this process's device."""
-    from unclip.cli_args import resolve_device_and_dtype
-
+def _runtime(request: Request, state):
+    """``generate``'s checks of device, dtype, attention and speed-ups; under accelerate, auto is this process's
+    device."""
     several = request.device == "auto" and state.num_processes > 1
-    return resolve_device_and_dtype(str(state.device) if several else request.device, request.dtype)
+    device = str(state.device) if several else request.device
+    return runtime.resolve(device, request.dtype, request.attention, speedups=request.speedups)
 
 
 def _count_parts(out: Path) -> int:
@@ -115,14 +116,16 @@ def run(request: Request) -> Summary | None:
     rows = read_prompts(request.prompts)
     jobs = plan(rows, request.num_images, request.seed)
     config = load_model_config(request.model)
-    for row in rows:
-        size = row.size or request.size or config.max_size
-        if size > config.max_size:
-            raise UnclipError(
-                f"{request.prompts}:{row.line}: size {size} needs an upscaler, which {request.model} has not"
-            )
+    stage_args = {k: v for k, v in request.sampling.items() if k in KEYWORDS}
+    scheduler = request.sampling.get("scheduler")
+    for row in rows:  # every row's plan, as the cascade will make it (the rows' own steps, guidance and size)
+        row_args = {**stage_args, "decoder_num_inference_steps": row.steps, "decoder_guidance_scale": row.guidance}
+        try:
+            resolve(config, size=row.size or request.size, scheduler=scheduler, stage_args=row_args)
+        except UnclipError as err:
+            raise UnclipError(f"{request.prompts}:{row.line}: {err}") from None
     state = _state()
-    device, dtype = _device_and_dtype(request, state)
+    device, dtype, speedups = _runtime(request, state)
     settings = {
         "model": request.model,
         "size": request.size or config.max_size,
@@ -163,10 +166,8 @@ def run(request: Request) -> Summary | None:
 
     pipe = None
     if mine:  # a finished run (or shard) loads no model
-        pipe = UnCLIPCascade.from_config(config, torch_dtype=dtype).to(device)
-        pipe.set_attention(request.attention)
-        pipe.enable_speedups(named(request.speedups))
-        pipe.set_progress_bar_config(disable=True)
+        pipe = UnCLIPCascade.from_pretrained(config, torch_dtype=dtype)
+        runtime.place(pipe, device, attention=request.attention, speedups=speedups, progress=False)
     call_kwargs = {**request.sampling, "negative_prompt": request.negative_prompt}
     if request.size:
         call_kwargs["size"] = request.size

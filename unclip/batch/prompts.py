@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from unclip.errors import UnclipError
+from unclip.settings import SETTINGS
+from unclip.stages import SIZES
 
-SIZES = (64, 256, 1024)
 FORMATS = (".txt", ".jsonl", ".csv")
 
 
@@ -60,14 +61,27 @@ def _integer(value: Any, name: str, minimum: int) -> int:
     return value
 
 
-def _guidance(value: Any, name: str) -> float:
+def _number(value: Any, name: str) -> float:
     try:
         number = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not number >= 0:
-        raise ValueError(f"{name} must be a number ≥ 0, got {value!r}")
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
     return number
+
+
+def _stage_setting(setting: str):
+    """A row's per-stage setting (the decoder's): read as the table's kind, then the table's one check of it."""
+
+    def parse(value: Any, name: str):
+        value = _integer(value, name, 0) if SETTINGS[setting].kind is int else _number(value, name)
+        problem = SETTINGS[setting].problem(value)
+        if problem:
+            raise ValueError(f"{name} {problem}")
+        return value
+
+    return parse
 
 
 def _size(value: Any, name: str) -> int:
@@ -87,8 +101,8 @@ PARSERS = {
     "negative_prompt": _text,
     "seed": lambda v, n: _integer(v, n, 0),
     "num_images": lambda v, n: _integer(v, n, 1),
-    "steps": lambda v, n: _integer(v, n, 1),
-    "guidance": _guidance,
+    "steps": _stage_setting("steps"),
+    "guidance": _stage_setting("guidance"),
     "size": _size,
 }
 

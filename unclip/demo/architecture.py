@@ -11,16 +11,15 @@ prior's embedding width and the text projection's input width.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import PriorTransformer, UNet2DConditionModel, UNet2DModel
 from transformers import CLIPTextConfig
 
 from unclip.errors import UnclipError
+from unclip.loading import component_entry, write_model_index, write_scheduler
 from unclip.replicas import KARLO_DECODER, KARLO_SCHEDULERS, KARLO_SUPER_RES
 from unclip.text_proj import UnCLIPTextProjModel
 
@@ -86,15 +85,14 @@ def build_demo(folder: Path, clip_folder: Path, *, seed: int = 0) -> Path:
         "super_res_last": _save(unclip / "super_res_last", lambda: UNet2DModel(**DEMO_SUPER_RES), seed),
     }
     for name, config in KARLO_SCHEDULERS.items():
-        index[name] = _scheduler(unclip / name, config)
-    _index(unclip, {"_class_name": "UnCLIPPipeline", **index})
+        index[name] = write_scheduler(unclip / name, "UnCLIPScheduler", config)
+    write_model_index(unclip, "UnCLIPPipeline", index)
     upscaler = folder / "upscaler"
-    _index(upscaler, {
-        "_class_name": "PixelUpscalerPipeline",
-        "_unclip_layout": "pixel",
-        "unet": _save(upscaler / "unet", lambda: UNet2DModel(**DEMO_PIXEL_UPSCALER), seed),
-        "scheduler": _scheduler(upscaler / "scheduler", KARLO_SCHEDULERS["super_res_scheduler"]),
-    })  # fmt: skip
+    scheduler = write_scheduler(upscaler / "scheduler", "UnCLIPScheduler", KARLO_SCHEDULERS["super_res_scheduler"])
+    unet = _save(upscaler / "unet", lambda: UNet2DModel(**DEMO_PIXEL_UPSCALER), seed)
+    write_model_index(
+        upscaler, "PixelUpscalerPipeline", {"_unclip_layout": "pixel", "unet": unet, "scheduler": scheduler}
+    )
     return folder
 
 
@@ -106,16 +104,4 @@ def _save(path: Path, build, seed: int) -> list[str]:
         with torch.no_grad():
             model.clip_std.fill_(1.0)
     model.save_pretrained(path)
-    return [type(model).__module__.split(".")[0], type(model).__name__]
-
-
-def _scheduler(path: Path, config: dict) -> list[str]:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "scheduler_config.json").write_text(json.dumps({"_class_name": "UnCLIPScheduler", **config}, indent=2))
-    return ["diffusers", "UnCLIPScheduler"]
-
-
-def _index(folder: Path, index: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    index = {**index, "_diffusers_version": diffusers.__version__}
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return component_entry(model)

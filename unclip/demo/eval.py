@@ -5,7 +5,7 @@ back with the pixel checker, and report accuracy per attribute, overall and on t
     from unclip.demo.eval import evaluate, format_table, write_report
     from unclip.demo.shapes import eval_prompts
 
-    pipe = UnCLIPCascade.from_config("demo")            # or a trained model.yaml
+    pipe = UnCLIPCascade.from_pretrained("demo")            # or a trained model.yaml
     evaluation = evaluate(pipe, eval_prompts(96), seed=0, size=64, batch_size=16)
     print(format_table(evaluation.summary()))   # rows: overall, seen, held out, then each held-out combination
     write_report(evaluation.report(), default=Path("eval-shapes.json"))   # never overwrites: -2, -3 ...

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from unclip.errors import run_entry_point
+from unclip.errors import quiet_libraries, run_entry_point
 
 
 def _config_path(name: str | None) -> str | None:
@@ -35,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        from unclip.cli import quiet_libraries
         from unclip.train.config import load_train_config, valid_keys
 
         quiet_libraries()

@@ -14,27 +14,28 @@ text, so they may leave it out: the demo is then built around an untrained demo 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
+from unclip.config import ModelConfig, save_model_config
 from unclip.errors import UnclipError
+from unclip.settings import StageSettings
+from unclip.stages import KINDS, STAGES, first_of
 
-# Sampling defaults written into a from-scratch model.yaml: short, for small models.
-SCRATCH_STAGES = {
-    "prior": {"steps": 25, "guidance": 4.0, "scheduler": "default"},
-    "decoder": {"steps": 25, "guidance": 4.0, "scheduler": "default"},
-    "sr256": {"steps": 7, "scheduler": "default", "noise_level": 0},
-    "sr1024": {"steps": 7, "scheduler": "default", "noise_level": 0},
-}
+
+def scratch_settings() -> dict[str, StageSettings]:
+    """The sampling defaults written into a from-scratch model.yaml: each kind's own (the pixel upsampler's at
+    sr1024), the decoder guided at 4 rather than Karlo's 8 (small models over-saturate)."""
+    kinds = {stage: first_of(stage) for stage in STAGES} | {"sr1024": KINDS["pixel"]}
+    settings = {stage: dataclasses.replace(kind.defaults) for stage, kind in kinds.items()}
+    settings["decoder"].guidance = 4.0
+    return settings
 
 
 def _write_yaml(folder: Path) -> Path:
-    path = folder / "model.yaml"
-    raw = {"unclip": "unclip", "upscaler": "upscaler", **SCRATCH_STAGES}
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    config = ModelConfig(unclip="unclip", upscaler="upscaler", stages=scratch_settings())
+    return save_model_config(config, folder / "model.yaml")
 
 
 def tiny(folder: Path, seed: int = 0, text_encoder: Path | None = None) -> Path:

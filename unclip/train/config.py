@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from unclip.config import STAGES
 from unclip.errors import UnclipError
+from unclip.stages import STAGES, first_of
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -128,7 +128,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UnclipError(message)
-        text_stage = self.stage in ("prior", "decoder")
+        text_stage = first_of(self.stage).trains_on_clip
         if text_stage and self.architecture == "demo" and not (self.init_from or self.text_encoder):
             raise UnclipError(
                 f"stage {self.stage} from scratch on architecture demo needs text_encoder=FOLDER, a trained "

@@ -24,13 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from PIL import Image
 from torch import nn
 
 from unclip.errors import UnclipError
 from unclip.pipeline import UnCLIPCascade
-from unclip.pipeline_utils import tokenize
+from unclip.stages.decoder import DecoderDenoiser
+from unclip.stages.pixel import ConcatDenoiser, augmentation_schedule
+from unclip.stages.prior import PriorDenoiser
+from unclip.text import TextConditioning, tokenize
 from unclip.train.config import TrainConfig
 from unclip.train.losses import Process
 
@@ -106,10 +108,6 @@ class PriorObjective(nn.Module):
 
     def __init__(self, cascade: UnCLIPCascade, config: TrainConfig):
         super().__init__()
-        if cascade.prior is None:
-            raise UnclipError(
-                "stage prior: the model has no prior (an image-variations layout); pick another init_from"
-            )
         self.prior = cascade.prior
         self.prior.clip_mean.requires_grad_(False)  # CLIP statistics, not weights
         self.prior.clip_std.requires_grad_(False)
@@ -131,9 +129,7 @@ class PriorObjective(nn.Module):
         )  # fmt: skip
 
     def forward(self, x_t, t, embeds, hidden, mask, target, weight) -> torch.Tensor:
-        pred = self.prior(
-            x_t, timestep=t, proj_embedding=embeds, encoder_hidden_states=hidden, attention_mask=mask
-        ).predicted_image_embedding
+        pred = PriorDenoiser(self.prior, embeds, hidden, mask)(x_t, t, 0)  # the prior stage's denoiser
         return weight * ((pred.float() - target) ** 2).mean(1)
 
 
@@ -173,13 +169,9 @@ class DecoderObjective(nn.Module):
     def forward(self, x0, x_t, t, noise, z_i, drop_image, embeds, hidden, mask, weight) -> torch.Tensor:
         null = self.text_proj.learned_classifier_free_guidance_embeddings.to(z_i.dtype)
         z_i = torch.where(drop_image[:, None], null.expand_as(z_i), z_i)
-        context, time_embeds = self.text_proj(
-            image_embeddings=z_i, prompt_embeds=embeds, text_encoder_hidden_states=hidden,
-            do_classifier_free_guidance=False,
-        )  # fmt: skip
-        mask = F.pad(mask, (self.text_proj.config.clip_extra_context_tokens, 0), value=True)
-        out = self.decoder(x_t, t, encoder_hidden_states=context, class_labels=time_embeds, attention_mask=mask)
-        out = out.sample.float()
+        rows = TextConditioning(embeds, hidden, mask, doubled=False)
+        denoiser = DecoderDenoiser.conditioned(self.decoder, self.text_proj, z_i, rows, guided=False)  # the stage's
+        out = denoiser(x_t, t, 0).float()
         channels = x_t.shape[1]
         eps = out[:, :channels]
         loss = weight * ((eps - noise) ** 2).flatten(1).mean(1)  # L_simple (DDPM eq. 14)
@@ -226,16 +218,11 @@ class SuperResObjective(nn.Module):
             # Karlo's last model runs only the final sampling step: train it on the lowest timesteps
             self.t_max = self.process.num_timesteps // settings.steps if self.options.train == "last" else None
         else:
-            if cascade.upscaler_layout != "pixel":
-                raise UnclipError(
-                    "stage sr1024 trains a pixel-space upsampler; this model's upscaler is "
-                    f"{cascade.upscaler_layout or 'missing'}: leave init_from out to train one from scratch"
-                )
             self.unet = cascade.upscaler_unet
             self.process = Process.of(cascade.upscaler_scheduler)
             self.t_max = None
         self.noise_level = settings.noise_level if self.options.noise_level < 0 else self.options.noise_level
-        self.augment = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")  # as at inference
+        self.augment = augmentation_schedule()  # as at inference
         self.size = self.unet.config.sample_size
 
     def degrade(self, low: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -272,16 +259,39 @@ class SuperResObjective(nn.Module):
         )  # fmt: skip
 
     def forward(self, x_t, t, low_res, target, weight) -> torch.Tensor:
-        out = self.unet(torch.cat([x_t, low_res], dim=1), t).sample.float()
+        out = ConcatDenoiser(self.unet, low_res)(x_t, t, 0).float()  # the upsampler stages' denoiser
         return weight * ((out[:, : target.shape[1]] - target) ** 2).flatten(1).mean(1)
 
 
+# The objective of each kind of stage that trains (``unclip.stages.KINDS``; the x4 latent upscaler does not).
 OBJECTIVES = {
     "prior": PriorObjective,
     "decoder": DecoderObjective,
     "sr256": lambda cascade, config: SuperResObjective(cascade, config, "sr256"),
-    "sr1024": lambda cascade, config: SuperResObjective(cascade, config, "sr1024"),
+    "pixel": lambda cascade, config: SuperResObjective(cascade, config, "sr1024"),
 }
+CLIP_RESOLUTION = 224  # the images of the text stages feed a CLIP image encoder (unless embeddings are cached)
 
-# The image size each stage's data loader gives (before the stage's own resizing and cropping).
-DATA_RESOLUTION = {"prior": 224, "decoder": 224, "sr256": 256, "sr1024": 1024}
+
+def data_resolution(stage: str) -> int:
+    """The image size a stage's data loader gives (before its own resizing and cropping): CLIP's input for the
+    stages conditioned on z_i (prior, decoder), else the side the stage makes (``Stage.size``)."""
+    from unclip.stages import first_of
+
+    return CLIP_RESOLUTION if first_of(stage).trains_on_clip else first_of(stage).size
+
+
+def objective_for(cascade: UnCLIPCascade, config: TrainConfig) -> nn.Module:
+    """The objective of the kind of ``config.stage`` the cascade has, or a one-line error saying what would train."""
+    from unclip.stages import KINDS, first_of
+
+    stage = config.stage
+    kind = cascade.stages.get(stage)
+    trainable = " or ".join(k for k in OBJECTIVES if KINDS[k].name == stage)
+    if kind is None or kind.kind not in OBJECTIVES:
+        has = f"its {stage} is {kind.kind}" if kind is not None else first_of(stage).missing.format(title=stage)
+        raise UnclipError(
+            f"stage {stage} trains a {trainable} stage, but the model of init_from has none ({has}): pick another "
+            "init_from, or leave it out to train one from scratch"
+        )
+    return OBJECTIVES[kind.kind](cascade, config)

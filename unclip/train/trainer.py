@@ -36,15 +36,16 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from unclip.errors import UnclipError
+from unclip.plan import KEYWORDS
+from unclip.stages import first_of
 from unclip.train.architectures import ARCHITECTURES
 from unclip.train.config import TrainConfig, to_dict
-from unclip.train.objectives import DATA_RESOLUTION, OBJECTIVES, Frozen
+from unclip.train.objectives import Frozen, data_resolution, objective_for
 
 logger = logging.getLogger("unclip.train")
 
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
-STAGE_SIZES = {"prior": 64, "decoder": 64, "sr256": 256, "sr1024": 1024}
 
 
 class EpochPermutation(torch.utils.data.Sampler):
@@ -84,7 +85,7 @@ def load_cascade(config: TrainConfig, accelerator: Accelerator):
     from unclip.pipeline import UnCLIPCascade
 
     if config.init_from:
-        return UnCLIPCascade.from_config(config.init_from)
+        return UnCLIPCascade.from_pretrained(config.init_from)
     if config.architecture not in ARCHITECTURES:
         raise UnclipError(f"unknown architecture '{config.architecture}'; known: {', '.join(ARCHITECTURES)}")
     folder = Path(config.output_dir) / "init"
@@ -92,12 +93,12 @@ def load_cascade(config: TrainConfig, accelerator: Accelerator):
         shutil.rmtree(folder, ignore_errors=True)
         ARCHITECTURES[config.architecture](folder, config.seed, text_encoder=config.text_encoder)
     accelerator.wait_for_everyone()
-    return UnCLIPCascade.from_config(folder / "model.yaml")
+    return UnCLIPCascade.from_pretrained(folder / "model.yaml")
 
 
 def build_frozen(config: TrainConfig, cascade, dataset, device: torch.device) -> Frozen:
     frozen = Frozen(cascade)
-    if config.stage not in ("prior", "decoder"):
+    if not first_of(config.stage).trains_on_clip:
         return frozen
     from unclip.train.embeddings import load_cached_embeddings
 
@@ -205,11 +206,11 @@ def train(config: TrainConfig) -> Path:
         output.mkdir(parents=True, exist_ok=True)
         (output / "train_config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    dataset = CaptionedImages(config.data.path, config.data.resolution or DATA_RESOLUTION[config.stage])
+    dataset = CaptionedImages(config.data.path, config.data.resolution or data_resolution(config.stage))
     cascade = load_cascade(config, accelerator)
     if config.stage == "sr256" and config.sr.train == "both":  # one model for every sr256 step
         cascade.register_modules(super_res_last=cascade.super_res_first)
-    objective = OBJECTIVES[config.stage](cascade, config)
+    objective = objective_for(cascade, config)
     cascade.to(device)
     cascade.text_encoder.requires_grad_(False)
 
@@ -344,16 +345,8 @@ def validate(accelerator, config: TrainConfig, cascade, ema, params, step: int) 
         folder = Path(config.output_dir) / "validation" / f"step-{step}"
         folder.mkdir(parents=True, exist_ok=True)
         v = config.validation
-        steps = dict.fromkeys(
-            (
-                "prior_num_inference_steps",
-                "decoder_num_inference_steps",
-                "super_res_num_inference_steps",
-                "upscale_num_inference_steps",
-            ),
-            v.steps,
-        )
-        size = STAGE_SIZES[config.stage]
+        steps = {keyword: v.steps for keyword, name in KEYWORDS.items() if name.setting == "steps"}
+        size = max(first_of(config.stage).size, first_of("decoder").size)  # the prior's through the decoder
         with _EMAWeights(ema, params):
             cascade.set_progress_bar_config(disable=True)
             out = cascade(v.prompts, seed=v.seed, size=size, output_type="np", **steps)
