@@ -109,6 +109,9 @@ def test_the_image_variations_layout_loads_with_its_own_image_encoder(variations
     variations.save_pretrained(tmp_path / "saved")
     index = json.loads((tmp_path / "saved" / "unclip" / "model_index.json").read_text())
     assert {"image_encoder", "feature_extractor"} <= set(index) and "prior" not in index
+    assert index["_class_name"] == "UnCLIPImageVariationPipeline"  # the layout's own pipeline class
+    argv = ["generate", "a cat", "--model", str(_var_yaml(variations_dir, tmp_path)), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2  # refused before loading, from the folder's model_index.json
     again = UnCLIPCascade.from_pretrained(tmp_path / "saved" / "model.yaml")
     picture = _picture()
     assert torch.equal(again.encode_image(picture), variations.encode_image(picture))
@@ -316,7 +319,7 @@ def test_cli_vary_interpolate_and_diff_write_their_frames(variations_dir, tmp_pa
         (["vary", "missing.png"], "image missing.png does not exist"),
         (["interpolate", "missing.png", "a red circle"], "a prompt does not end in .png"),
         (["diff", "{photo}", "--from", "a", "--to", "b", "--max-theta", "1.5"], "--max-theta must be in"),
-        (["vary", "{photo}", "--invert", "--eta", "2"], "eta must be ≤ 1"),
+        (["vary", "{photo}", "--invert", "--eta", "2"], "argument --eta: must be in [0, 1], got 2.0"),
         (["vary", "{photo}", "--prior-samples", "2"], "--prior-samples applies to generate and batch"),
         (
             ["diff", "{photo}", "--from", "a", "--to", "b", "--prior-steps", "5"],

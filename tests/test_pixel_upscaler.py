@@ -159,6 +159,19 @@ def test_cli_writes_a_1024_png(tmp_path, pixel_yaml):
     assert np.asarray(Image.open(png)).std() > 2  # not a flat picture
 
 
+def test_cli_refuses_a_setting_the_pixel_upsampler_lacks_before_loading(tmp_path, pixel_yaml, monkeypatch, capsys):
+    from unclip.pipeline import UnCLIPCascade
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded a model for a command that was bound to fail")
+
+    monkeypatch.setattr(UnCLIPCascade, "from_pretrained", never)
+    argv = ["generate", "a cat", "--model", str(pixel_yaml), "--out", str(tmp_path / "o"), "--upscale-guidance", "5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--upscale-guidance): this model's sr1024 (pixel) takes no guidance" in err
+
+
 def test_a_folder_of_neither_layout_is_refused(tmp_path, karlo_dir):
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "model_index.json").write_text('{"_class_name": "Something", "text_encoder": ["x", "y"]}')

@@ -157,12 +157,14 @@ def run_eval_shapes(args) -> int:
         raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
     from unclip.config import load_model_config
     from unclip.demo import eval as shapes_eval
+    from unclip.loading import stage_kinds
     from unclip.outputs import ensure_writable, save_images
     from unclip.plan import resolve
 
     config = load_model_config(args.model)
     kwargs = sampling_kwargs(args)
-    resolve(config, size=args.size, scheduler=kwargs.pop("scheduler"), stage_args=stage_kwargs(args))
+    resolve(config, size=args.size, scheduler=kwargs.pop("scheduler"), stage_args=stage_kwargs(args),
+            kinds=stage_kinds(config))  # fmt: skip
     device, dtype = device_and_dtype(args)
     if args.report is not None:
         shapes_eval.check_report_path(args.report)

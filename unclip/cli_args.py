@@ -174,12 +174,13 @@ def load_pipeline(args, first_stage: str = "prior", inverted: bool = False):
     if args.seed < 0:
         raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
     from unclip.config import load_model_config
+    from unclip.loading import stage_kinds
     from unclip.outputs import ensure_writable
     from unclip.plan import resolve
 
     config = load_model_config(args.model)
     resolve(config, size=args.size, scheduler=args.scheduler, stage_args=stage_kwargs(args), first_stage=first_stage,
-            inverted=inverted)  # fmt: skip
+            inverted=inverted, kinds=stage_kinds(config))  # fmt: skip
     device, dtype, speedups = runtime.resolve(args.device, args.dtype, args.attention, args.offload, args.speedups)
     out = ensure_writable(args.out)
 

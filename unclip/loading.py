@@ -319,3 +319,17 @@ def save_layout(cascade, folder: Path, layout: str, prefix: str = "") -> None:
     if layout == "pixel":
         entries["_unclip_layout"] = "pixel"
     write_model_index(folder, class_name, entries)
+
+
+def stage_kinds(config) -> dict[str, Any]:
+    """The kind of each stage the cascade of ``config`` will have, from its folders' model_index.json alone (no
+    weights read): what ``unclip.plan.resolve`` checks a request against before anything is loaded."""
+    from unclip.stages import KINDS
+
+    index = read_model_index(fetch(config.unclip), "karlo")
+    kinds = {kind.name: kind for kind in KINDS.values() if kind.layout == "karlo" and kind.name != "prior"}
+    if "prior" in index:
+        kinds = {"prior": KINDS["prior"], **kinds}
+    if config.upscaler:
+        kinds["sr1024"] = KINDS[detect_upscaler_layout(config.upscaler)]
+    return kinds

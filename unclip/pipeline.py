@@ -36,7 +36,7 @@ from unclip.runtime import check_attention
 from unclip.sampling import image_generators
 from unclip.speedups import Speedups
 from unclip.speedups import apply as apply_speedups
-from unclip.stages import KINDS, STAGES, Stage, StageInputs, check_finite, first_of, offload_order
+from unclip.stages import KINDS, STAGES, Stage, StageInputs, check_finite, offload_order
 from unclip.text import TextConditioning, clip_similarity, encode_text
 
 if TYPE_CHECKING:
@@ -207,8 +207,6 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin):
         plan = resolve(self.model_config, size=size, scheduler=scheduler, stage_args=stage_args,
                        first_stage=first_stage, inverted=inverted, kinds=stages)  # fmt: skip
         for name in plan.stages:
-            if name not in stages:
-                raise UnclipError(first_of(name).missing.format(title=first_of(name).title))
             plan.used[name] = stages[name].check(self, plan.settings[name], inverted)
         if self.execution_device.type == "cpu" and self.dtype == torch.float16:
             raise UnclipError("float16 needs a GPU: on CPU load with torch_dtype=torch.float32 (or bfloat16)")

@@ -10,7 +10,8 @@ own schedulers: ``Stage.check``). Each check lives in one place:
 
 * the names of the per-stage settings (``KEYWORDS``, ``NAMES``): the settings table × the stage registry;
 * ``resolve``: size against the model, which stages run, unknown names, each value (``unclip.settings``);
-* ``check_request``: prompts, counts, output type, reranking.
+* ``check_size``, ``check_keep``, ``check_count``, ``check_output_type``, ``prompt_list``, ``negatives_for``: the
+  call's other arguments.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def _name(stage: Stage, setting: str) -> Name:
     s = SETTINGS[setting]
     flags = (f"--{stage.flag}-{s.flag}", *stage.flag_aliases.get(setting, ()))
     label = f"{stage.label} {s.label}" if stage.label else s.label[0].upper() + s.label[1:]
-    help = f"{stage.title}: {stage.setting_help.get(setting, s.help)}"
-    return Name(stage.name, setting, f"{stage.keyword}_{s.keyword}", flags, label, help)
+    meaning = f"{stage.title}: {stage.setting_help.get(setting, s.help)}"
+    return Name(stage.name, setting, f"{stage.keyword}_{s.keyword}", flags, label, meaning)
 
 
 # every (stage, setting) pair that some kind of the stage takes, in running order, then table order
@@ -126,6 +127,9 @@ def resolve(
     max_size = max(k.size for k in kinds.values()) if kinds else config.max_size
     size = check_size(size, max_size)
     runs = tuple(s for s in STAGES[STAGES.index(first_stage) :] if size > first_of(s).input_size)
+    missing = [stage for stage in runs if kinds is not None and stage not in kinds]
+    if missing:
+        raise UnclipError(first_of(missing[0]).missing.format(title=first_of(missing[0]).title))
     changes: dict[str, dict[str, Any]] = {stage: {} for stage in STAGES}
     schedulers = _schedulers(scheduler)
     _check_scheduler_names(schedulers)

@@ -33,6 +33,7 @@ from unclip.batch.prompts import read_prompts
 from unclip.batch.run import run_shard, shard
 from unclip.batch.store import METADATA, PARTS, read_lines, repair
 from unclip.errors import UnclipError
+from unclip.loading import stage_kinds
 from unclip.plan import KEYWORDS, resolve
 
 
@@ -117,11 +118,11 @@ def run(request: Request) -> Summary | None:
     jobs = plan(rows, request.num_images, request.seed)
     config = load_model_config(request.model)
     stage_args = {k: v for k, v in request.sampling.items() if k in KEYWORDS}
-    scheduler = request.sampling.get("scheduler")
+    scheduler, kinds = request.sampling.get("scheduler"), stage_kinds(config)
     for row in rows:  # every row's plan, as the cascade will make it (the rows' own steps, guidance and size)
         row_args = {**stage_args, "decoder_num_inference_steps": row.steps, "decoder_guidance_scale": row.guidance}
         try:
-            resolve(config, size=row.size or request.size, scheduler=scheduler, stage_args=row_args)
+            resolve(config, size=row.size or request.size, scheduler=scheduler, stage_args=row_args, kinds=kinds)
         except UnclipError as err:
             raise UnclipError(f"{request.prompts}:{row.line}: {err}") from None
     state = _state()

@@ -63,18 +63,22 @@ def sdedit(s: StageSettings, low_res: torch.Tensor) -> dict[str, Any]:
     return {"init": low_res.clamp(-1, 1), "start": s.start} if s.start > 0 else {}
 
 
-class PixelUpsampler(Stage):
+class Upscaler(Stage):
+    """What the kinds of the 256→1024 stage (the model config's ``upscaler``) share: the stage and its names."""
+
     name = "sr1024"
-    kind = "pixel"
     keyword, flag, label = "upscale", "upscale", "SR1024"
     title = "256→1024"
     input_size, size = 256, 1024
-    layout = "pixel"
-    components = models = conv_models = ("upscaler_unet",)
     scheduler = "upscaler_scheduler"
+    flag_aliases = {"noise_level": ("--noise-level",)}
+
+
+class PixelUpsampler(Upscaler):
+    kind = layout = "pixel"
+    components = models = conv_models = ("upscaler_unet",)
     settings = ("steps", "scheduler", "noise_level", "start", "eta")
     defaults = StageSettings(steps=7, noise_level=0)
-    flag_aliases = {"noise_level": ("--noise-level",)}
 
     def present(self, cascade) -> bool:
         return cascade.upscaler_unet is not None and cascade.upscaler_vae is None

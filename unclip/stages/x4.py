@@ -12,8 +12,8 @@ from diffusers import UNet2DConditionModel
 from unclip.guidance import uses_guidance
 from unclip.sampling import initial_noise
 from unclip.settings import StageSettings
-from unclip.stages.base import Stage, StageInputs, check_finite
-from unclip.stages.pixel import augment
+from unclip.stages.base import StageInputs, check_finite
+from unclip.stages.pixel import Upscaler, augment
 from unclip.text import tokenize
 
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # what unclip.speedups' vae_dtype may name
@@ -45,20 +45,13 @@ class LatentUpscalerDenoiser:
         ).sample
 
 
-class X4Upscaler(Stage):
-    name = "sr1024"
-    kind = "x4"
-    keyword, flag, label = "upscale", "upscale", "SR1024"
-    title = "256→1024"
-    input_size, size = 256, 1024
-    layout = "x4"
+class X4Upscaler(Upscaler):
+    kind = layout = "x4"
     components = ("upscaler_text_encoder", "upscaler_unet", "upscaler_vae")
     models = ("upscaler_unet",)
     conv_models = ("upscaler_unet", "upscaler_vae")
-    scheduler = "upscaler_scheduler"
     settings = ("steps", "guidance", "scheduler", "noise_level", "eta")
     defaults = StageSettings(steps=75, guidance=9.0, noise_level=20)  # StableDiffusionUpscalePipeline's
-    flag_aliases = {"noise_level": ("--noise-level",)}
 
     def max_noise_level(self, cascade) -> int:
         """Its own limit (its model_index.json's ``max_noise_level``)."""
