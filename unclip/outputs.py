@@ -70,11 +70,15 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
     from unclip.plan import LABELS
 
     stages = meta["stages"]
-    pairs = {LABELS["decoder", name]: value for name, value in stages.get("decoder", {}).items()}
+
+    def label(stage: str, name: str) -> str:  # (metadata of another version may hold a setting no longer made)
+        return LABELS.get((stage, name), f"{stage} {name.replace('_', ' ')}")
+
+    pairs = {label("decoder", name): value for name, value in stages.get("decoder", {}).items()}
     pairs.update({"Seed": meta["seed"], "Size": f"{meta['size']}x{meta['size']}", "Model": meta["model"]})
     for stage, settings in stages.items():
         if stage != "decoder":
-            pairs.update({LABELS[stage, name]: value for name, value in settings.items()})
+            pairs.update({label(stage, name): value for name, value in settings.items()})
     if "edit" in meta:
         pairs["Edit"] = meta["edit"]
     pairs["Version"] = f"unclip {meta.get('version', '')}".strip()
