@@ -207,7 +207,7 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin):
         plan = resolve(self.model_config, size=size, scheduler=scheduler, stage_args=stage_args,
                        first_stage=first_stage, inverted=inverted, kinds=stages)  # fmt: skip
         for name in plan.stages:
-            plan.used[name] = stages[name].check(self, plan.settings[name], inverted)
+            plan.used[name] = stages[name].check(self, plan.settings[name], plan.inverted)
         if self.execution_device.type == "cpu" and self.dtype == torch.float16:
             raise UnclipError("float16 needs a GPU: on CPU load with torch_dtype=torch.float32 (or bfloat16)")
         return plan

@@ -16,7 +16,6 @@ own schedulers: ``Stage.check``). Each check lives in one place:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,9 +195,3 @@ def check_keep(keep: int | None, rerank: bool, num_images_per_prompt: int) -> in
             f"keep {keep} > num_images_per_prompt {num_images_per_prompt} (--keep > --num-images): make more candidates"
         )
     return keep
-
-
-def with_decoder(plan: Plan, **changes: Any) -> Plan:
-    """``plan`` with the decoder's settings changed (the edits' inversion settings)."""
-    decoder = replace(plan.settings["decoder"], changes, "decoder")
-    return dataclasses.replace(plan, settings={**plan.settings, "decoder": decoder})

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from unclip.errors import UnclipError
 from unclip.schedulers import SCHEDULERS
 
 
@@ -136,8 +137,6 @@ assert list(SETTINGS) == [f.name for f in dataclasses.fields(StageSettings)], "a
 
 def replace(settings: StageSettings, changes: dict[str, Any], where: str) -> StageSettings:
     """``settings`` with ``changes`` (None = keep), each value checked: ``UnclipError("<where> <field> must ...")``."""
-    from unclip.errors import UnclipError
-
     changes = {k: v for k, v in changes.items() if v is not None}
     unknown = sorted(set(changes) - set(SETTINGS))
     if unknown:
