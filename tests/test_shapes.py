@@ -18,12 +18,14 @@ from unclip.demo.eval import GROUPS
 from unclip.demo.shapes import (
     ATTRIBUTES,
     COLOURS,
+    FORMS,
     GEOMETRY,
     HELD_OUT,
     MARGIN,
     PALETTE,
     POSITIONS,
     SHAPES,
+    STYLES,
     Attributes,
     Scene,
     coverage,
@@ -133,16 +135,37 @@ def test_dataset_refuses_a_non_empty_folder(tmp_path, capsys):
 
 
 def test_eval_prompts_cover_everything_and_hold_the_held_out_pairs():
-    first = eval_prompts(8)
+    first = eval_prompts(8, forms=False)
     assert [(a.colour, a.shape) for a in first[:3]] == list(HELD_OUT)
     assert {a.colour for a in first} == set(COLOURS) and {a.shape for a in first} == set(SHAPES)
     assert {a.position for a in first} == set(POSITIONS) and {a.size for a in first} == {"small", "large"}
-    prompts = eval_prompts(48)
-    assert prompts[:8] == first and eval_prompts(48) == prompts
+    prompts = eval_prompts(48, forms=False)
+    assert prompts[:8] == first and eval_prompts(48, forms=False) == prompts
     assert len({(a.colour, a.shape) for a in prompts[:24]}) == 24
     assert Counter(a.held_out for a in prompts)[True] == 6
     assert all(a.background != a.colour for a in prompts)
     assert {a.background for a in prompts} == set(COLOURS)
+
+
+def test_eval_prompts_ask_in_every_form_and_style_of_the_grammar():
+    prompts = eval_prompts(96)
+    plain = eval_prompts(96, forms=False)
+    assert eval_prompts(24) == prompts[:24] and [a.colour for a in prompts] == [a.colour for a in plain]
+    for round_ in range(4):
+        assert {a.form for a in prompts[24 * round_ : 24 * (round_ + 1)]} == set(FORMS)
+        assert {a.style for a in prompts[24 * round_ : 24 * (round_ + 1)]} == set(STYLES)
+    for pair in HELD_OUT:
+        assert {a.form for a in prompts if (a.colour, a.shape) == pair} == set(FORMS), pair
+    captions = {a.caption for a in prompts}
+    assert all(a.caption.split()[0].lower() in ("a", "an") for a in prompts)
+    assert any(c.startswith("an orange") or " an orange background" in c for c in captions)  # "an" as English wants
+    assert any(c.startswith("A ") for c in captions) and any(c.endswith(".") for c in captions)
+    assert any("  " in c for c in captions)
+    said = Attributes("square", "orange", "white", None, "anywhere", style="capital")
+    assert said.caption == "An orange square on a white background" and said.form == "neither"
+    assert Attributes("circle", "red", "orange", "small", "center", "full stop").caption == (
+        "a small red circle in the center on an orange background."
+    )
 
 
 # ------------------------------------------------------------------------------------------------ checker
@@ -157,7 +180,7 @@ def test_checker_reads_clean_renders(size):
     for i in range(n):
         scene = sample_scene(size, i)
         result = check(render(scene, size), scene.attributes)
-        wrong.update(name for name in ATTRIBUTES if not result.correct[name])
+        wrong.update(name for name in ATTRIBUTES if result.correct[name] is False)
     assert not wrong, f"{size} px: {dict(wrong)} wrong of {n}"
 
 
@@ -176,7 +199,9 @@ def test_checker_flags_wrong_attributes():
     assert wrong.detected.shape == "circle" and wrong.detected.colour == "red"
     assert wrong.detected.position == "top left" and wrong.detected.background == "white"
     anywhere = check(image, Attributes("triangle", "red", "white", "large", "anywhere"))
-    assert anywhere.correct == {"colour": True, "shape": False, "position": True, "background": True, "size": True}
+    assert anywhere.correct == {"colour": True, "shape": False, "position": None, "background": True, "size": True}
+    unsized = check(image, Attributes("circle", "red", "white", None, "top left"))
+    assert unsized.correct["size"] is None and unsized.all  # what the caption does not say is not asked
 
 
 def test_checker_takes_pil_float_rgba_and_non_square_images():
@@ -222,6 +247,7 @@ def test_eval_shapes_end_to_end(tmp_path, karlo_dir, capsys, monkeypatch):
     assert report["summary"]["held out"]["n"] == 3  # the held-out pairs come first
     assert [image["seed"] for image in report["images"]] == [0, 1, 2]
     assert [image["prompt"] for image in report["images"]] == [a.caption for a in eval_prompts(3)]
+    assert report["prompts"] == "every form" and report["summary"]["says size, position"]["n"] == 1
     for image in report["images"]:
         assert set(image["correct"]) == set(ATTRIBUTES) and Image.open(image["file"]).size == (64, 64)
     lines = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
@@ -233,8 +259,10 @@ def test_eval_shapes_end_to_end(tmp_path, karlo_dir, capsys, monkeypatch):
     assert {p.name for p in out.iterdir()} == {*earlier, "00003-0.png", "report-2.json"}
     assert all((out / name).read_bytes() == data for name, data in earlier.items() if name != "metadata.jsonl")
     monkeypatch.chdir(tmp_path)
-    assert main([*base, "--n", "1"]) == 0
-    assert json.loads((tmp_path / "eval-shapes.json").read_text())["summary"]["overall"]["n"] == 1
+    assert main([*base, "--n", "1", "--plain"]) == 0
+    plain = json.loads((tmp_path / "eval-shapes.json").read_text())
+    assert plain["summary"]["overall"]["n"] == 1 and plain["prompts"] == "plain"
+    assert plain["images"][0]["prompt"] == eval_prompts(1, forms=False)[0].caption
     capsys.readouterr()
     assert "already exists" in _error(capsys, [*base, "--report", str(out / "report.json")])
 

@@ -137,6 +137,8 @@ def run_data_shapes(args) -> int:
 def add_eval_shapes_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo", help="preset name (a file of configs/) or a model YAML file")
     p.add_argument("--n", type=positive_int, default=96, help="prompts, in rounds of 24: the held-out pairs first")
+    p.add_argument("--plain", action="store_true", help="say every part of each prompt, plainly typed (the list "
+                   "before unclip 0.2); default: every form of the grammar and the ways people type it")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="image k uses seed SEED + k")
     p.add_argument(
         "--size", type=int, choices=SIZES, default=64, help="64: prior and decoder; 256, 1024: upsamplers too"
@@ -179,7 +181,7 @@ def run_eval_shapes(args) -> int:
 
     evaluation = shapes_eval.evaluate(
         pipe,
-        eval_prompts(args.n),
+        eval_prompts(args.n, forms=not args.plain),
         seed=args.seed,
         size=args.size,
         batch_size=args.batch_size,
@@ -188,7 +190,7 @@ def run_eval_shapes(args) -> int:
         **sampling_kwargs(args),
     )
     print(shapes_eval.format_table(evaluation.summary()))
-    report = {"version": __version__, **evaluation.report()}
+    report = {"version": __version__, "prompts": "plain" if args.plain else "every form", **evaluation.report()}
     default = out / "report.json" if out else Path("eval-shapes.json")
     print(f"report: {shapes_eval.write_report(report, args.report, default)}")
     return 0

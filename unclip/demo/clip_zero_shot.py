@@ -48,7 +48,7 @@ def eval_images(
 ) -> tuple[torch.Tensor, list[shapes.Attributes]]:
     """The first ``n`` of ``shapes.eval_prompts``, each placed from (seed, index), drawn at ``render_size`` and
     resized to ``resolution`` as the training data is read (bicubic): uint8 (n, 3, R, R) and the attributes."""
-    attributes = shapes.eval_prompts(n, seed)
+    attributes = shapes.eval_prompts(n, seed, forms=False)  # every attribute said: each one is a class
     images = []
     for i, a in enumerate(attributes):
         pixels = shapes.render(shapes.place(a, np.random.default_rng([seed, 1, i])), render_size)

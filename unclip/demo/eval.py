@@ -7,7 +7,7 @@ back with the pixel checker, and report accuracy per attribute, overall and on t
 
     pipe = UnCLIPCascade.from_pretrained("demo")            # or a trained model.yaml
     evaluation = evaluate(pipe, eval_prompts(96), seed=0, size=64, batch_size=16)
-    print(format_table(evaluation.summary()))   # rows: overall, seen, held out, then each held-out combination
+    print(format_table(evaluation.summary()))   # rows: overall, seen, held out, each held-out pair, form, style
     write_report(evaluation.report(), default=Path("eval-shapes.json"))   # never overwrites: -2, -3 ...
 
 Image k (in prompt order) is made with seed ``seed + k``, as `unclip generate` makes it, whatever the batch size.
@@ -25,15 +25,18 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from unclip.demo.checker import Check, check
-from unclip.demo.shapes import ATTRIBUTES, EVAL_SEED, HELD_OUT, Attributes
+from unclip.demo.shapes import ATTRIBUTES, EVAL_SEED, FORMS, HELD_OUT, STYLES, Attributes
 from unclip.errors import UnclipError
 
-# summary row → which images it counts
+# summary row → which images it counts: all, the seen and held-out pairs, each held-out pair, each form of the
+# grammar (which optional parts the prompt says) and each style it is typed in
 GROUPS: dict[str, Callable[[Attributes], bool]] = {
     "overall": lambda a: True,
     "seen": lambda a: not a.held_out,
     "held out": lambda a: a.held_out,
     **{f"{colour} {shape}": (lambda a, c=colour, s=shape: (a.colour, a.shape) == (c, s)) for colour, shape in HELD_OUT},
+    **{f"says {form}": (lambda a, f=form: a.form == f) for form in FORMS},
+    **{f"typed {style}": (lambda a, s=style: a.style == s) for style in STYLES},
 }
 COLUMNS = (*ATTRIBUTES, "all")
 
@@ -56,13 +59,15 @@ class Evaluation:
     settings: dict[str, Any] = field(default_factory=dict)  # model, size, dtype, device, per-stage settings
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Group (``GROUPS``) → ``n`` and the fraction right per attribute and for ``all`` (None when n = 0)."""
+        """Group (``GROUPS``) → ``n`` and the fraction right per attribute, of the images whose prompt asked for it
+        (position: "in the ..."; size: the size word), and for ``all`` (None when none asked)."""
         table = {}
         for name, member in GROUPS.items():
             checks = [r.check for r in self.records if member(r.check.expected)]
             row: dict[str, Any] = {"n": len(checks)}
             for column in COLUMNS:
-                right = [c.all if column == "all" else c.correct[column] for c in checks]
+                asked = [c.all if column == "all" else c.correct[column] for c in checks]
+                right = [value for value in asked if value is not None]  # what the prompt did not say: not counted
                 row[column] = sum(right) / len(right) if right else None
             table[name] = row
         return table

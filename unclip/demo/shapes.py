@@ -30,7 +30,7 @@ import json
 import math
 import multiprocessing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,19 +72,27 @@ SQRT3 = math.sqrt(3.0)
 
 @dataclass(frozen=True)
 class Attributes:
-    """What a caption says about its image."""
+    """What a caption says about its image, and how it is written (``style``)."""
 
     shape: str
     colour: str
     background: str
-    size: str
-    position: str
+    size: str | None  # None: the caption leaves the size word out (any size is right)
+    position: str  # "anywhere": the caption leaves "in the <position>" out
+    style: str = "plain"  # STYLES: how a person might type the same caption
 
     @property
     def caption(self) -> str:
         where = "" if self.position == "anywhere" else f" in the {self.position}"
+        shape = " ".join(word for word in (self.size, self.colour, self.shape) if word)
         background = f"{_article(self.background)} {self.background} background"
-        return f"a {self.size} {self.colour} {self.shape}{where} on {background}"
+        return STYLES[self.style](f"{_article(shape)} {shape}{where} on {background}")
+
+    @property
+    def form(self) -> str:
+        """Which optional parts of the grammar the caption says (``FORMS``)."""
+        said = (self.size is not None, self.position != "anywhere")
+        return {(True, True): "size, position", (True, False): "size", (False, True): "position"}.get(said, "neither")
 
     @property
     def combination(self) -> str:
@@ -107,6 +115,16 @@ class Scene:
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
+
+
+# The grammar's optional parts a caption may say (``Attributes.form``), and the harmless ways a person types it.
+FORMS = ("size, position", "size", "position", "neither")
+STYLES: dict[str, Callable[[str], str]] = {
+    "plain": lambda text: text,
+    "capital": lambda text: text[0].upper() + text[1:],
+    "full stop": lambda text: text + ".",
+    "double spaces": lambda text: text.replace(" ", "  "),
+}
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -166,8 +184,10 @@ def coverage(shape: str, dx: np.ndarray, dy: np.ndarray, area: float) -> np.ndar
 
 # ------------------------------------------------------------------------------------------------ sampling
 def place(attributes: Attributes, rng: np.random.Generator) -> Scene:
-    """Area and centroid for ``attributes``, drawn from ``rng``; the shape stays ``MARGIN`` inside the image."""
-    area = float(rng.uniform(*AREAS[attributes.size]))
+    """Area and centroid for ``attributes``, drawn from ``rng``; the shape stays ``MARGIN`` inside the image. A size
+    the caption leaves out (None) is drawn too, small or large."""
+    size = attributes.size if attributes.size is not None else tuple(AREAS)[int(rng.integers(len(AREAS)))]
+    area = float(rng.uniform(*AREAS[size]))
     left, top, right, bottom = GEOMETRY[attributes.shape].extents(area)
     if attributes.position == "anywhere":  # uniform over all the centroids that keep the shape inside
         u, v = rng.uniform(0, 1, 2)
@@ -200,19 +220,40 @@ def sample_scene(seed: int, index: int) -> Scene:
     return place(sample_attributes(rng), rng)
 
 
-def eval_prompts(n: int, seed: int = EVAL_SEED) -> list[Attributes]:
+def eval_prompts(n: int, seed: int = EVAL_SEED, forms: bool = True) -> list[Attributes]:
     """The first ``n`` evaluation prompts, in rounds of 24 that hold every (colour, shape) pair once.
 
     Each round starts with the three ``HELD_OUT`` pairs, then one pair for each other colour, and cycles
     positions, sizes and backgrounds through all their values: n ≥ 3 holds every held-out pair, n ≥ 8 every
     colour, shape, position, size and (almost always) background. A list is a prefix of any longer one.
+
+    ``forms``: prompt k of round r is said in form ``FORMS[(k + r) % 4]`` (the size word, "in the <position>",
+    both or neither left out) and style ``STYLES[(k // 4 + r) % 4]``: every round holds every form and style,
+    and over four rounds (n = 96) each held-out pair is asked in every form. Without: every part said, plainly.
     """
     prompts: list[Attributes] = []
     round_number = 0
     while len(prompts) < n:
-        prompts += _eval_round(np.random.default_rng([seed, round_number]))
+        attributes = _eval_round(np.random.default_rng([seed, round_number]))
+        if forms:
+            attributes = [_in_form(a, k + round_number, k // 4 + round_number) for k, a in enumerate(attributes)]
+        prompts += attributes
         round_number += 1
     return prompts[:n]
+
+
+def _in_form(attributes: Attributes, form: int, style: int) -> Attributes:
+    """``attributes`` said in ``FORMS[form % 4]`` (parts left out) and ``STYLES`` number ``style % 4``. A form that
+    says the position gets one (an "anywhere" becomes ``tuple(ANCHORS)[form % 5]``): "anywhere" is the forms that
+    leave it out."""
+    said = FORMS[form % len(FORMS)]
+    position = attributes.position if attributes.position != "anywhere" else tuple(ANCHORS)[form % len(ANCHORS)]
+    return replace(
+        attributes,
+        size=attributes.size if "size" in said else None,
+        position=position if "position" in said else "anywhere",
+        style=tuple(STYLES)[style % len(STYLES)],
+    )
 
 
 def _eval_round(rng: np.random.Generator) -> list[Attributes]:
