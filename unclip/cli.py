@@ -164,8 +164,7 @@ def run_eval_shapes(args) -> int:
     from unclip.plan import resolve
 
     config = load_model_config(args.model)
-    kwargs = sampling_kwargs(args)
-    resolve(config, size=args.size, scheduler=kwargs.pop("scheduler"), stage_args=stage_kwargs(args),
+    resolve(config, size=args.size, scheduler=args.scheduler, stage_args=stage_kwargs(args),
             kinds=stage_kinds(config))  # fmt: skip
     device, dtype = device_and_dtype(args)
     if args.report is not None:
