@@ -187,6 +187,9 @@ def _metadata_error(tmp_path, lines: list[str], files=("0.png",)) -> str:
         (['{"text": "a"}'], 'metadata.jsonl:1: no "file_name"'),
         (['{"file_name": "0.png"}'], "missing caption for 0.png (" + "{folder}/metadata.jsonl:1)"),
         (['{"file_name": "0.png", "text": "  "}'], "missing caption for 0.png"),
+        (['{"file_name": "0.png", "text": []}'], "(a string, or a list of strings)"),
+        (['{"file_name": "0.png", "text": ["a", 3]}'], "missing caption for 0.png"),
+        (['{"file_name": "0.png", "text": ["a", " "]}'], "missing caption for 0.png"),
         (
             ['{"file_name": "0.png", "text": "a"}', "", '{"file_name": "gone.png", "text": "b"}'],
             ":3: file_name gone.png",
@@ -400,3 +403,31 @@ def test_embed_command_errors(tmp_path, capsys):
             assert "cannot write the cache" in _error(capsys, ["embed", str(folder), "--clip", "tiny:8", "--quiet"])
     finally:
         os.chmod(folder, 0o755)
+
+
+def test_several_captions_per_image_and_training_draws_among_them(tmp_path):
+    from unclip.train.data import pick_captions
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(_png(i))
+    rows = [{"file_name": "0.png", "text": [" first ", "second", "third"]}, {"file_name": "1.png", "text": "only"}]
+    rows.append({"file_name": "2.png", "text": ["alone"]})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = CaptionedImages(folder, 16)
+    assert data.texts == ["first", "only", "alone"]  # the first caption is the image's text everywhere else
+    batch = collate([data[i] for i in range(3)])
+    assert batch["captions"] == [("first", "second", "third"), ("only",), ("alone",)]
+    generator = torch.Generator().manual_seed(0)
+    drawn = [pick_captions(batch, generator) for _ in range(60)]
+    assert {d[0] for d in drawn} == {"first", "second", "third"} and {d[1] for d in drawn} == {"only"}
+    again = torch.Generator().manual_seed(0)
+    assert [pick_captions(batch, again) for _ in range(60)] == drawn  # seeded: the trainer's generator
+    single = collate([data[1], data[2]])
+    state = generator.get_state()
+    assert pick_captions(single, generator) == ["only", "alone"]
+    assert torch.equal(generator.get_state(), state)  # one caption each: no draw, the run's numbers unchanged
+
+    shard = write_tar(tmp_path / "s.tar", {"a.png": _png(0), "a.json": json.dumps({"caption": ["x", "y"]}).encode()})
+    assert CaptionedImages(shard, 16)[0]["captions"] == ("x", "y")

@@ -5,15 +5,19 @@
 
     data = CaptionedImages("my/images", resolution=64)        # or "shards/", "shards-{000..009}.tar", "a.tar"
     loader = DataLoader(data, batch_size=8, shuffle=True, collate_fn=collate)
-    batch = next(iter(loader))  # pixel_values (B, 3, 64, 64) in [-1, 1], text, key, index, skipped
+    batch = next(iter(loader))  # pixel_values (B, 3, 64, 64) in [-1, 1], text, captions, key, index, skipped
 
 Formats, detected from the path:
 
 * imagefolder: a folder with ``metadata.jsonl``, one JSON object a line with ``file_name`` (relative to the
-  folder) and ``text`` (the Hugging Face datasets imagefolder convention).
+  folder) and ``text`` (the Hugging Face datasets imagefolder convention). ``text`` may also be a list: every
+  caption true of the image (MS-COCO has five; ``unclip data shapes`` writes each form of its grammar). Training
+  draws one of them at random each time it sees the image (``pick_captions``); the first is the image's
+  ``text`` everywhere else.
 * webdataset: a ``.tar`` file, a folder of ``.tar`` files, or a glob or brace list (``shards-{000..009}.tar``).
   Members are grouped by key (the name up to the first dot of its base name); the image is the .jpg, .jpeg,
-  .png or .webp member, the caption the .txt member or the ``text`` / ``caption`` field of the .json member.
+  .png or .webp member, the caption the .txt member or the ``text`` / ``caption`` field of the .json member
+  (a string, or a list of captions as above).
   Keys without an image member are ignored. Members are indexed once (shard, offset, size) and read by seeking.
 
 The dataset is map-style: item ``i`` depends only on ``i``. Every problem with the index (a missing caption, a
@@ -56,10 +60,21 @@ _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
 class _Sample(NamedTuple):
     key: str
-    text: str
+    captions: tuple[str, ...]  # every caption of the image, stripped; the first is its ``text``
     file: str  # the image file, or the shard that holds it
     offset: int  # of the image bytes in the shard; -1: the whole file
     size: int
+
+    @property
+    def text(self) -> str:
+        return self.captions[0]
+
+
+def _captions(value: Any) -> tuple[str, ...] | None:
+    """A caption field's captions: a non-empty string, or a non-empty list of them; else None."""
+    values = value if isinstance(value, list) else [value]
+    captions = tuple(v.strip() for v in values if isinstance(v, str))
+    return captions if values and len(captions) == len(values) and all(captions) else None
 
 
 @dataclass(frozen=True)
@@ -153,14 +168,16 @@ def _index_imagefolder(source: Source) -> tuple[list[_Sample], list[tuple[str, i
         if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or not row["file_name"]:
             raise UnclipError(f'{where}: no "file_name": each line needs {{"file_name": ..., "text": ...}}')
         name = row["file_name"]
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise UnclipError(f'missing caption for {name} ({where}): give it a non-empty "text"')
+        captions = _captions(row.get("text"))
+        if captions is None:
+            raise UnclipError(
+                f'missing caption for {name} ({where}): give it a non-empty "text" (a string, or a list of strings)'
+            )
         try:
             stat = (folder / name).stat()
         except OSError:
             raise UnclipError(f"{where}: file_name {name} does not exist in {folder}: fix or remove the line") from None
-        samples.append(_Sample(name, text.strip(), str(folder / name), -1, stat.st_size))
+        samples.append(_Sample(name, captions, str(folder / name), -1, stat.st_size))
         stats.append((name, stat.st_size, stat.st_mtime_ns))
     return samples, stats
 
@@ -198,23 +215,23 @@ def _index_shard(shard: Path) -> list[_Sample]:
     return samples
 
 
-def _tar_caption(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], where: str) -> str:
+def _tar_caption(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], where: str) -> tuple[str, ...]:
     fix = "add a .txt member, or a .json member with a text or caption field"
     if "txt" in members:
         text = tar.extractfile(members["txt"]).read().decode("utf-8", errors="replace")
         if not text.strip():
             raise UnclipError(f"missing caption for {where}: its .txt member is empty; {fix}")
-        return text.strip()
+        return (text.strip(),)
     if "json" in members:
         try:
             row = json.loads(tar.extractfile(members["json"]).read())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UnclipError(f"missing caption for {where}: its .json member is not valid JSON; {fix}") from None
-        texts = [row.get(f) for f in CAPTION_FIELDS] if isinstance(row, dict) else []
-        text = next((t for t in texts if isinstance(t, str) and t.strip()), None)
-        if text is None:
+        fields = [_captions(row.get(f)) for f in CAPTION_FIELDS] if isinstance(row, dict) else []
+        captions = next((c for c in fields if c is not None), None)
+        if captions is None:
             raise UnclipError(f"missing caption for {where}: its .json member has no text or caption; {fix}")
-        return text.strip()
+        return captions
     raise UnclipError(f"missing caption for {where}: {fix}")
 
 
@@ -241,7 +258,8 @@ def load_image(data: bytes, resolution: int) -> torch.Tensor:
 
 
 class CaptionedImages(torch.utils.data.Dataset):
-    """Map-style dataset of ``{"pixel_values", "text", "key", "index"}``, or ``None`` for an unreadable image."""
+    """Map-style dataset of ``{"pixel_values", "text", "captions", "key", "index"}``, or ``None`` for an unreadable
+    image (``text``: the first of ``captions``)."""
 
     def __init__(self, path: str | Path, resolution: int):
         if not isinstance(resolution, int) or resolution < 1:
@@ -273,7 +291,7 @@ class CaptionedImages(torch.utils.data.Dataset):
                 self._warned.add(i)
                 logger.warning(f"skipping unreadable image {sample.key} ({type(err).__name__}: {err})")
             return None
-        return {"pixel_values": pixels, "text": sample.text, "key": sample.key, "index": i}
+        return {"pixel_values": pixels, "text": sample.text, "captions": sample.captions, "key": sample.key, "index": i}
 
     def read_bytes(self, i: int) -> bytes:
         """The encoded image of sample ``i``, as stored."""
@@ -301,7 +319,18 @@ def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
     return {
         "pixel_values": pixel_values,
         "text": [s["text"] for s in kept],
+        "captions": [s["captions"] for s in kept],
         "key": [s["key"] for s in kept],
         "index": torch.tensor([s["index"] for s in kept], dtype=torch.long),
         "skipped": len(samples) - len(kept),
     }
+
+
+def pick_captions(batch: dict[str, Any], generator: torch.Generator) -> list[str]:
+    """One caption per image of a collated batch: its ``text``, or one of its ``captions`` drawn uniformly with
+    ``generator`` (which is left untouched when every image has one caption)."""
+    captions = batch.get("captions")
+    if not captions or all(len(c) == 1 for c in captions):
+        return list(batch["text"])
+    draws = torch.rand(len(captions), generator=generator).tolist()
+    return [c[min(int(u * len(c)), len(c) - 1)] for c, u in zip(captions, draws, strict=True)]

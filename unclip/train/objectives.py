@@ -6,7 +6,8 @@ condition dropout, degraded low-res inputs), drawing every random number from th
 ``forward`` returns one loss per sample.
 
 * ``prior``: x_0-prediction of the normalised CLIP image embedding from the noised one, the text embedding
-  and text tokens; MSE; caption dropped 10% of the time (DALL·E 2 §2.2).
+  and text tokens; MSE; caption dropped 10% of the time (DALL·E 2 §2.2). Here and in the decoder an image with
+  several captions is seen with one drawn at random (``unclip.train.data.pick_captions``).
 * ``decoder``: ε-prediction MSE plus λ·L_vlb for the learned variance (Improved DDPM eq. 16); CLIP
   embedding dropped 10% and caption 50% of the time (DALL·E 2 §2.1); optionally on multi-resolution noise
   (``decoder.pyramid_noise``) so that flat colours and layout are decided by the conditioning.
@@ -34,6 +35,7 @@ from unclip.stages.pixel import ConcatDenoiser, augmentation_schedule
 from unclip.stages.prior import PriorDenoiser
 from unclip.text import TextConditioning, tokenize
 from unclip.train.config import TrainConfig
+from unclip.train.data import pick_captions
 from unclip.train.losses import Process
 
 
@@ -117,7 +119,7 @@ class PriorObjective(nn.Module):
     def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
         z_i = frozen.image_embeds(batch, device)
         n = z_i.shape[0]
-        texts = _drop_text(batch["text"], _uniform(g, n) < self.options.text_drop)
+        texts = _drop_text(pick_captions(batch, g), _uniform(g, n) < self.options.text_drop)
         embeds, hidden, mask = frozen.encode_text(texts, device)
         x0 = (z_i - self.prior.clip_mean.to(device)) / self.prior.clip_std.to(device)  # normalised z_i
         t = _timesteps(g, n, self.process.num_timesteps)
@@ -152,7 +154,7 @@ class DecoderObjective(nn.Module):
         z_i = frozen.image_embeds(batch, device)
         n = z_i.shape[0]
         drop_image = _uniform(g, n) < self.options.image_embed_drop
-        texts = _drop_text(batch["text"], _uniform(g, n) < self.options.caption_drop)
+        texts = _drop_text(pick_captions(batch, g), _uniform(g, n) < self.options.caption_drop)
         embeds, hidden, mask = frozen.encode_text(texts, device)
         x0 = batch["pixel_values"].to(device).float()
         if x0.shape[-1] != self.size:
@@ -226,12 +228,17 @@ class SuperResObjective(nn.Module):
         self.size = self.unet.config.sample_size
 
     def degrade(self, low: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """The paper's low-res corruption: blur for 64→256; blur, noise and JPEG for 256→1024."""
+        """The paper's low-res corruption: blur for 64→256; blur, noise and JPEG for 256→1024 (``sr.noise_sigma``,
+        ``sr.jpeg_quality`` set either for either stage)."""
         n = low.shape[0]
         low = _blur(low, _uniform(g, n, *self.options.blur_sigma))
-        if self.stage == "sr1024":
-            low = low + _uniform(g, n, 0.0, 0.04).view(-1, 1, 1, 1).to(low.device) * _noise(g, low)
-            qualities = torch.randint(30, 96, (n,), generator=g).tolist()
+        paper = self.stage == "sr1024"
+        noise = self.options.noise_sigma or ((0.0, 0.04) if paper else (0.0, 0.0))
+        quality = self.options.jpeg_quality or ((30, 96) if paper else (0, 0))
+        if noise[1] > 0:
+            low = low + _uniform(g, n, *noise).view(-1, 1, 1, 1).to(low.device) * _noise(g, low)
+        if quality[1] > 0:
+            qualities = torch.randint(quality[0], quality[1], (n,), generator=g).tolist()
             low = torch.stack([_jpeg(image, q) for image, q in zip(low, qualities, strict=True)])
         return low.clamp(-1, 1)
 
