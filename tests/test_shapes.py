@@ -34,6 +34,7 @@ from unclip.demo.shapes import (
     render,
     sample_scene,
 )
+from unclip.demo.shapes import captions as captions_of
 
 # ------------------------------------------------------------------------------------------------ dataset
 
@@ -47,6 +48,24 @@ def test_captions():
     assert Attributes("triangle", "white", "orange", "small", "anywhere").caption == (
         "a small white triangle on an orange background"
     )
+
+
+def test_an_image_has_every_caption_of_the_grammar_true_of_it():
+    anchored = Attributes("square", "orange", "orange", "large", "top left")
+    assert captions_of(anchored) == [
+        "a large orange square in the top left on an orange background",
+        "a large orange square on an orange background",
+        "an orange square in the top left on an orange background",
+        "an orange square on an orange background",
+        *(f"{c}." for c in captions_of(anchored)[:4]),
+    ]
+    anywhere = captions_of(Attributes("circle", "red", "blue", "small", "anywhere"))  # no position to say
+    assert anywhere == [
+        "a small red circle on a blue background",
+        "a red circle on a blue background",
+        "a small red circle on a blue background.",
+        "a red circle on a blue background.",
+    ]
 
 
 def test_training_attributes_skip_the_held_out_pairs_and_cover_the_rest():
@@ -115,10 +134,11 @@ def test_dataset_is_an_imagefolder_the_trainer_reads_and_ignores_workers(tmp_pat
 
     rows = [json.loads(line) for line in (one / "metadata.jsonl").read_text().splitlines()]
     data = CaptionedImages(one, resolution=64)
-    assert len(data) == 12 and data.texts == [r["text"] for r in rows]
+    assert len(data) == 12 and data.texts == [r["text"][0] for r in rows]
     for i, row in enumerate(rows):
         attributes = Attributes(**{k: row[k] for k in ("shape", "colour", "background", "size", "position")})
-        assert attributes == sample_scene(4, i).attributes and row["text"] == attributes.caption
+        assert attributes == sample_scene(4, i).attributes and row["text"] == captions_of(attributes)
+        assert data[i]["captions"] == tuple(row["text"]) and data[i]["text"] == attributes.caption
         assert Image.open(one / row["file_name"]).size == (64, 64)
         assert check(np.asarray(Image.open(one / row["file_name"])), attributes).all
     assert data[0]["pixel_values"].shape == (3, 64, 64)
@@ -184,6 +204,24 @@ def test_checker_reads_clean_renders(size):
     assert not wrong, f"{size} px: {dict(wrong)} wrong of {n}"
 
 
+def test_edge_width_is_half_a_pixel_on_a_clean_render_and_grows_with_blur_and_speckle():
+    from PIL import ImageFilter
+
+    rng = np.random.default_rng(0)
+    scenes = [place(a, rng) for a in eval_prompts(12, forms=False)]
+    clean = [detect(render(scene, 1024)).edge_width for scene in scenes]
+    assert 0.3 < np.mean(clean) < 0.7
+    bicubic = [detect(Image.fromarray(render(s, 256)).resize((1024, 1024), Image.BICUBIC)).edge_width for s in scenes]
+    assert 2.0 < np.mean(bicubic) < 3.0  # a 4× bicubic edge spans about 2.5 px of the bigger picture
+    blurred = [detect(Image.fromarray(render(s, 256)).filter(ImageFilter.GaussianBlur(2))).edge_width for s in scenes]
+    assert np.mean(blurred) > 2.5  # σ = 2 px: the 20-80 % band of a Gaussian edge is 1.7 σ wide
+    square = render(place(Attributes("square", "red", "orange", "large", "center"), rng), 256)
+    speckled = np.clip(square + np.random.default_rng(1).normal(0, 12, square.shape), 0, 255).astype(np.uint8)
+    found = detect(speckled)  # still read right, but the flat colours are no longer flat
+    assert (found.colour, found.shape, found.background) == ("red", "square", "orange")
+    assert found.edge_width > 4 * detect(square).edge_width
+
+
 def test_checker_reads_the_held_out_pairs():
     prompts = eval_prompts(48)
     for i, attributes in enumerate(prompts):
@@ -238,13 +276,17 @@ def test_eval_shapes_end_to_end(tmp_path, karlo_dir, capsys, monkeypatch):
     printed = capsys.readouterr().out
     for row in GROUPS:
         assert f"\n{row} " in printed
-    assert printed.splitlines()[0].split() == ["n", "colour", "shape", "position", "background", "size", "all"]
+    header = ["n", "colour", "shape", "position", "background", "size", "all", "edge", "px"]
+    assert printed.splitlines()[0].split() == header
     assert f"report: {out / 'report.json'}" in printed
 
     report = json.loads((out / "report.json").read_text())
     assert report["n"] == 3 and report["size"] == 64 and report["stages"]["decoder"]["steps"] == 2
     assert set(report["summary"]) == set(GROUPS) and report["summary"]["overall"]["n"] == 3
     assert report["summary"]["held out"]["n"] == 3  # the held-out pairs come first
+    found = [i["detected"]["edge_width"] for i in report["images"] if i["detected"]["shape"] is not None]
+    edge = report["summary"]["overall"]["edge"]
+    assert edge == (round(sum(found) / len(found), 3) if found else None)
     assert [image["seed"] for image in report["images"]] == [0, 1, 2]
     assert [image["prompt"] for image in report["images"]] == [a.caption for a in eval_prompts(3)]
     assert report["prompts"] == "every form" and report["summary"]["says size, position"]["n"] == 1

@@ -8,10 +8,13 @@
     write_dataset("data/shapes", n=20000, seed=0, size=1024, workers=8)   # what `unclip data shapes` runs
     eval_prompts(96)                          # the fixed evaluation prompts, held-out combinations included
 
-Captions: "a <small|large> <colour> <shape> [in the <position>] on a <colour> background", e.g. "a large red
-circle in the top left on a blue background". The size word is always there (so the first article is always
-"a": "a small orange circle"; the second is "an" before "orange"); "in the <position>" is left out for the
-position "anywhere". The colour-and-shape combinations of ``HELD_OUT`` (purple triangle, orange square, green
+Captions: "a [small|large] <colour> <shape> [in the <position>] on a <colour> background", e.g. "a large red
+circle in the top left on a blue background", with "an" where English wants it ("an orange square", "on an
+orange background"). An image's caption says its size and, unless it is "anywhere", its position; ``captions``
+lists every caption true of it — the size word, "in the <position>" each said or left out, each with and without
+a final full stop — and the dataset's ``text`` holds them all, the full one first, for training to draw from.
+Capitals and doubled spaces need no captions of their own: CLIP's tokenizer lowercases and collapses spaces.
+The colour-and-shape combinations of ``HELD_OUT`` (purple triangle, orange square, green
 circle) never appear in the training data, only in ``eval_prompts``.
 
 Geometry, in fractions of the image side: a shape is placed by its centroid and sized by its area (``AREAS``:
@@ -111,6 +114,16 @@ class Scene:
     x: float
     y: float
     area: float
+
+
+def captions(attributes: Attributes) -> list[str]:
+    """Every caption of the grammar true of an image drawn for ``attributes`` (its size and position said): the size
+    word and the position each said or left out (a position is never said of an "anywhere" image), each plain and
+    with a final full stop; ``attributes.caption`` first."""
+    sizes = (attributes.size, None)
+    positions = (attributes.position, "anywhere") if attributes.position != "anywhere" else ("anywhere",)
+    forms = [replace(attributes, size=s, position=p, style="plain") for s in sizes for p in positions]
+    return [a.caption for a in forms] + [STYLES["full stop"](a.caption) for a in forms]
 
 
 def _article(word: str) -> str:
@@ -304,10 +317,11 @@ def _blend_table(colour: str, background: str) -> np.ndarray:
 
 
 def metadata_row(scene: Scene, file_name: str, index: int) -> dict[str, Any]:
-    """The metadata.jsonl line: file and caption (what training reads), the attributes and exact placement."""
+    """The metadata.jsonl line: file and captions (what training reads: ``captions``, the full one first), the
+    attributes and exact placement."""
     return {
         "file_name": file_name,
-        "text": scene.attributes.caption,
+        "text": captions(scene.attributes),
         **asdict(scene.attributes),
         "index": index,
         "x": round(scene.x, 5),
