@@ -2,12 +2,14 @@
 
     python scripts/train_demo_clip.py --data data/shapes --out runs/clip
     python scripts/train_demo_clip.py --data data/shapes --out runs/clip --steps 5000 --seed 1
+    python scripts/train_demo_clip.py --data data/shapes --out runs/clip --checkpoint runs/clip.pt  # resumable
 
 DATA: the imagefolder ``unclip data shapes`` writes (any imagefolder or tar shards with captions train; the
 zero-shot score assumes the shapes grammar). Images are read once at 64 px and kept in memory. Where its
 metadata.jsonl has the shapes' attributes (colour, shape, position, background, size), three quarters of each
 batch are minimal pairs steered to what the model still confuses (``unclip.demo.clip_batches``; the log lines
-show those error rates); elsewhere batches are random.
+show those error rates); elsewhere batches are random. An image whose ``text`` is a list of captions is seen
+with one drawn at random each step (pairs the drawn caption is true of both are no negatives).
 
 FOLDER (new or empty) receives the export (``unclip.demo.clip_export``: ``text_encoder/``, ``tokenizer/``,
 ``image_encoder/``, ``feature_extractor/``, ``open_clip/``), ``train_log.jsonl`` (the loss of every step) and
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="init and batch order (%(default)s)")
     parser.add_argument("--eval-n", type=int, default=DEFAULTS["eval_n"], help="zero-shot images (%(default)s)")
     parser.add_argument("--workers", type=int, default=0, help="processes reading the images (%(default)s)")
+    parser.add_argument(
+        "--checkpoint", help="file the training state is saved to every 500 steps and resumed from if it exists"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -105,7 +110,9 @@ def run(args: argparse.Namespace) -> dict:
         if attributes is None:
             log.info("no shapes attributes in the metadata: random batches, no minimal pairs")
         model = clip.create_clip(args.seed)
-        result = clip.train_clip(model, data.images, data.texts, config, attributes, progress=progress)
+        result = clip.train_clip(
+            model, data.images, data.texts, config, attributes, progress, data.captions, args.checkpoint
+        )
     eval_pixels, eval_attributes = eval_images(args.eval_n, render_size=render_size)
     report = zero_shot(model, eval_pixels, eval_attributes)
     export_clip(model, out)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from unclip.demo import clip
@@ -89,6 +90,41 @@ def test_training_is_seeded_and_lowers_the_loss(tmp_path):
         losses.append(clip.train_clip(model, data.images, data.texts, config, progress=False).losses)
     assert losses[0] == losses[1]
     assert np.mean(losses[0][-3:]) < np.mean(losses[0][:3]) - 0.2
+
+
+def test_training_resumes_from_its_checkpoint_step_for_step(tmp_path):
+    write_dataset(tmp_path / "data", n=24, seed=0, size=64, progress=False)
+    data = clip.load_images(tmp_path / "data", progress=False)
+    assert all(len(c) in (4, 8) for c in data.captions) and data.texts == [c[0] for c in data.captions]
+    config = clip.ClipTrainConfig(steps=6, batch_size=8, warmup_steps=1, seed=0, checkpoint_every=3)
+    checkpoint = tmp_path / "clip.pt"
+    whole = clip.create_clip(seed=0)  # saves its state after step 3 (not after the last)
+    straight = clip.train_clip(whole, data.images, data.texts, config, progress=False, captions=data.captions,
+                               checkpoint=checkpoint)  # fmt: skip
+    assert torch.load(checkpoint, weights_only=True)["step"] == 3
+    other = clip.create_clip(seed=1)  # other weights: all that matters must come from the checkpoint
+    resumed = clip.train_clip(other, data.images, data.texts, config, progress=False, captions=data.captions,
+                              checkpoint=checkpoint)  # fmt: skip
+    assert resumed.losses == straight.losses and len(resumed.losses) == 6
+    for (name, a), b in zip(whole.state_dict().items(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_caption_true_of_two_images_of_a_batch_is_no_negative_for_either():
+    captions = [("a red circle", "a large red circle"), ("a red circle", "a small red circle"), ("a blue square",)]
+    draws = clip.CaptionDraws(captions, seed=0)
+    seen = set()
+    for _ in range(40):
+        tokens, no_negative = draws.draw(torch.tensor([0, 1, 2]))
+        short = [int(t.argmax()) == 4 for t in tokens[:2]]  # "a red circle": start, 3 words, end-of-text at 4
+        seen.add(tuple(short))
+        assert no_negative.tolist() == [[False, short[1], False], [short[0], False, False], [False, False, False]]
+    assert len(seen) == 4  # each image of two captions drew both
+    look_alike = F.normalize(torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]]), dim=-1)  # two images, one caption
+    mask = torch.tensor([[False, True, False], [True, False, False], [False, False, False]])
+    confused = clip.contrastive_loss(look_alike, look_alike, 10.0, None)
+    assert confused.item() > 0.4  # two of the three rows each way split between two captions: 2/3 · log 2
+    assert clip.contrastive_loss(look_alike, look_alike, 10.0, mask).item() < 1e-3
 
 
 def test_batches_hold_minimal_pairs_and_distinct_captions():

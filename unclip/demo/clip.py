@@ -4,7 +4,8 @@
 
     model = create_clip(seed=0)                    # open_clip's CLIP on MODEL_CONFIG, random weights
     data = load_images("data/shapes")              # every image at 64 px, uint8 (N, 3, 64, 64), in memory
-    result = train_clip(model, data.images, data.texts, ClipTrainConfig(), attributes=None)
+    result = train_clip(model, data.images, data.texts, ClipTrainConfig(), captions=data.captions,
+                        checkpoint="runs/clip.pt")   # every 500 steps; a rerun resumes from it
     result.losses                                  # one per step
 
 The model is open_clip's own (``open_clip.create_model`` on ``MODEL_CONFIG``, registered under ``MODEL_NAME``)
@@ -14,10 +15,13 @@ exactly onto transformers' CLIPTextModelWithProjection and CLIPVisionModelWithPr
 take the text encoder's hidden states and its embedding at one width.
 
 Training: AdamW (no weight decay on gains, biases and the logit scale, as open_clip's trainer), a linear
-warm-up then a cosine LR, open_clip's ``ClipLoss``, the logit scale clamped to 100; batches from a seeded
-``unclip.demo.clip_batches.BatchSampler`` (distinct captions; three quarters minimal pairs, steered to what
-the model still confuses, when the images' attributes are known). The image tower is narrower than the text
-tower (64 vs 128): it is most of a step's cost.
+warm-up then a cosine LR, open_clip's ``ClipLoss`` written out (it has no mask for the pairs below), the logit
+scale clamped to 100; batches from a seeded ``unclip.demo.clip_batches.BatchSampler`` (distinct captions;
+three quarters minimal pairs, steered to what the model still confuses, when the images' attributes are
+known). An image with several captions (every form of the grammar true of it) is seen each step with one
+drawn at random; another image of the batch that the drawn caption is also true of (one of its captions) is
+no negative for it: that pair is masked out of both directions of the loss. The image tower is narrower than
+the text tower (64 vs 128): it is most of a step's cost.
 Images go in as the cascade's CLIP encoders feed them: [0, 1], normalised with the model's mean and std.
 The text tower runs on the tokens up to the longest caption of the batch: with the causal mask and
 end-of-text pooling that is exactly open_clip's ``encode_text`` (the padding after the end-of-text token
@@ -63,6 +67,7 @@ class ClipTrainConfig:
     hard_fraction: float = 0.75  # of each batch in minimal-pair groups, when attributes are given (clip_batches)
     group_size: int = 8
     log_every: int = 50  # steps between loss lines in the log
+    checkpoint_every: int = 500  # steps between saves of the training state (with a checkpoint file)
 
 
 @dataclass
@@ -122,6 +127,7 @@ class ImageSet:
     images: torch.Tensor  # uint8 (N, 3, R, R)
     texts: list[str]
     keys: list[str]  # the dataset's keys: file names of an imagefolder
+    captions: list[tuple[str, ...]]  # every caption of each image (``texts``: the first of each)
 
 
 def load_images(path: str | Path, resolution: int = IMAGE_SIZE, workers: int = 0, progress: bool = True) -> ImageSet:
@@ -133,20 +139,21 @@ def load_images(path: str | Path, resolution: int = IMAGE_SIZE, workers: int = 0
 
     data = CaptionedImages(path, resolution)
     loader = DataLoader(data, batch_size=64, num_workers=workers, collate_fn=collate)
-    images, texts, keys, skipped = [], [], [], 0
+    images, texts, keys, captions, skipped = [], [], [], [], 0
     with tqdm(total=len(data), desc="load images", unit="img", disable=not progress) as bar:
         for batch in loader:
             if batch["text"]:
                 images.append(((batch["pixel_values"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
                 texts += batch["text"]
                 keys += batch["key"]
+                captions += batch["captions"]
             skipped += batch["skipped"]
             bar.update(len(batch["text"]) + batch["skipped"])
     if not texts:
         raise UnclipError(f"no readable image in {path}: check the files")
     if skipped:
         logger.warning(f"{skipped} unreadable images of {path} skipped")
-    return ImageSet(torch.cat(images), texts, keys)
+    return ImageSet(torch.cat(images), texts, keys, captions)
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
@@ -175,6 +182,41 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+class CaptionDraws:
+    """Each step's caption of each image, drawn from its captions, and which pairs of the batch are no negatives.
+
+    The distinct captions are tokenized once; ``draw(index)`` → (tokens (B, 77), no_negative (B, B) bool: entry
+    [i, j] (i ≠ j) when the caption drawn for image j is also one of image i's).
+    """
+
+    def __init__(self, captions: list[tuple[str, ...]], seed: int):
+        distinct = sorted({c for options in captions for c in options})
+        number = {c: k for k, c in enumerate(distinct)}
+        self.options = [[number[c] for c in options] for options in captions]
+        self.sets = [set(options) for options in self.options]
+        self.tokens = tokenize(distinct)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def draw(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = index.tolist()
+        draws = torch.rand(len(rows), generator=self.generator).tolist()
+        drawn = [self.options[i][min(int(u * len(self.options[i])), len(self.options[i]) - 1)] for i, u in
+                 zip(rows, draws, strict=True)]  # fmt: skip
+        no_negative = torch.tensor([[i != j and drawn[j] in self.sets[rows[i]] for j in range(len(rows))]
+                                    for i in range(len(rows))])  # fmt: skip
+        return self.tokens[drawn], no_negative
+
+
+def contrastive_loss(image_features, text_features, scale, no_negative: torch.Tensor | None) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy (open_clip's ``ClipLoss`` on one process), the pairs in ``no_negative``
+    (image i, caption j) left out of both softmaxes."""
+    logits = scale * image_features @ text_features.T
+    if no_negative is not None:
+        logits = logits.masked_fill(no_negative, float("-inf"))
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
 def train_clip(
     model,
     images: torch.Tensor,
@@ -182,36 +224,42 @@ def train_clip(
     config: ClipTrainConfig,
     attributes: list[dict[str, str]] | None = None,
     progress: bool = True,
+    captions: list[tuple[str, ...]] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> ClipTrainResult:
     """Contrastive training of ``model`` in place on uint8 ``images`` and their ``texts``; ``attributes`` (one
-    dict per image, the same keys for all) make minimal-pair batches (``unclip.demo.clip_batches``)."""
-    from open_clip import ClipLoss
-
+    dict per image, the same keys for all) make minimal-pair batches (``unclip.demo.clip_batches``); ``captions``
+    (every caption of each image) are drawn from each step. ``checkpoint``: a file the training state is saved to
+    every ``config.checkpoint_every`` steps and, when it exists, resumed from (the same run, step for step)."""
     from unclip.demo.clip_batches import BatchSampler
 
-    if len(images) != len(texts) or (attributes is not None and len(attributes) != len(texts)):
+    if len(images) != len(texts) or any(x is not None and len(x) != len(texts) for x in (attributes, captions)):
         raise UnclipError(f"{len(images)} images but {len(texts)} captions: give one caption per image")
     if len(images) < 2:
         raise UnclipError("contrastive training needs at least 2 images")
     if config.steps < 1:
         raise UnclipError(f"steps must be at least 1, got {config.steps}")
-    tokens = tokenize(texts)
+    draws = CaptionDraws(captions if captions is not None else [(t,) for t in texts], config.seed)
     sampler = BatchSampler(texts, config.batch_size, config.seed, attributes, config.hard_fraction, config.group_size)
     optimizer = _adamw(_param_groups(model, config.weight_decay), config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps)
     )
-    loss_fn = ClipLoss()
     result = ClipTrainResult()
+    state = _TrainState(model, optimizer, schedule, sampler, draws, result)
+    first = state.load(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else 0
     start = time.perf_counter()
     model.train()
-    with tqdm(range(config.steps), desc="train clip", unit="step", disable=not progress) as bar:
+    with tqdm(range(first, config.steps), desc="train clip", unit="step", disable=not progress) as bar:
         for step in bar:
             index = sampler.next()
+            tokens, no_negative = draws.draw(index)
             image_features = F.normalize(model.encode_image(normalize_images(model, images[index])), dim=-1)
-            text_features = F.normalize(encode_text_prefix(model, tokens[index]), dim=-1)
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
-            sampler.update(image_features.detach() @ text_features.detach().T)
+            text_features = F.normalize(encode_text_prefix(model, tokens), dim=-1)
+            masked = no_negative if bool(no_negative.any()) else None
+            loss = contrastive_loss(image_features, text_features, model.logit_scale.exp(), masked)
+            similarity = image_features.detach() @ text_features.detach().T
+            sampler.update(similarity if masked is None else similarity.masked_fill(masked, float("-inf")))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -224,9 +272,48 @@ def train_clip(
                 recent = result.losses[-config.log_every :]
                 line = f"step {step + 1}/{config.steps}: loss {sum(recent) / len(recent):.4f}"
                 logger.info(line + sampler.describe())
+            if checkpoint is not None and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+                state.save(checkpoint, step + 1, result.seconds + time.perf_counter() - start)
     model.eval()
-    result.seconds = time.perf_counter() - start
+    result.seconds += time.perf_counter() - start
     return result
+
+
+@dataclass
+class _TrainState:
+    """What a resumed ``train_clip`` needs to go on exactly where it stopped."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    sampler: object  # BatchSampler
+    draws: CaptionDraws
+    result: ClipTrainResult
+
+    def save(self, path: str | Path, step: int, seconds: float) -> None:
+        state = {
+            "step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "sampler_rng": self.sampler.generator.get_state(),
+            "sampler_errors": self.sampler.errors, "draws_rng": self.draws.generator.get_state(),
+            "losses": self.result.losses, "seconds": seconds,
+        }  # fmt: skip
+        temporary = Path(f"{path}.partial")
+        torch.save(state, temporary)
+        temporary.replace(path)  # a run killed while saving leaves the previous checkpoint whole
+        logger.info(f"checkpoint: step {step} → {path}")
+
+    def load(self, path: str | Path) -> int:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.sampler.generator.set_state(state["sampler_rng"])
+        self.sampler.errors = state["sampler_errors"]
+        self.draws.generator.set_state(state["draws_rng"])
+        self.result.losses = list(state["losses"])
+        self.result.seconds = float(state["seconds"])
+        logger.info(f"resuming from {path} at step {state['step']}")
+        return int(state["step"])
 
 
 @torch.no_grad()
