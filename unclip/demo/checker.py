@@ -16,6 +16,10 @@ Deterministic, numpy only. The steps:
   The expected position "anywhere" (a caption without "in the ...") is not asked.
 * size: the mask's area fraction against ``SIZE_SPLIT``, the geometric mean of the largest small and the
   smallest large area the generator draws. The expected size None (a caption without a size word) is not asked.
+* edge width: the pixels whose colour lies between 20 % and 80 % of the way from the background to the shape
+  colour (the band a blurred or speckled picture widens), per pixel of outline (the pixels the mask's outline
+  passes through: the changes between 4-neighbours, its crack length). A clean render: about 0.5; at 1024 px,
+  bicubic from a clean 256 px render: about 2.5.
 * shape: the one whose template (same area, same centroid, upright as the generator draws it) overlaps the
   mask best (intersection over union); ``fill`` (mask area / its bounding box: circle π/4, square 1, triangle
   1/2) is reported alongside.
@@ -56,6 +60,7 @@ class Detection:
     y: float  # and of the height, down
     fill: float  # mask area / its bounding box's
     match: dict[str, float]  # shape → intersection over union of the mask with its template
+    edge_width: float = 0.0  # pixels between 20 % and 80 % of the way to the shape colour, per pixel of outline
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,8 @@ def detect(image) -> Detection:
     shape_rgb = np.median(pixels[far], axis=0)
     colour = COLOURS[int(nearest_colour(shape_rgb))]
     line = shape_rgb - background_rgb
-    mask = offset @ line > 0.5 * float(line @ line)
+    fraction = offset @ line / float(line @ line)  # 0 on the background, 1 on the shape colour
+    mask = fraction > 0.5
     if not mask.any():
         return Detection(COLOURS[background], colour, None, None, None, 0.0, 0.5, 0.5, 0.0, {})
 
@@ -128,6 +134,7 @@ def detect(image) -> Detection:
     box = (rows.max() - rows.min() + 1) * (columns.max() - columns.min() + 1)
     match = _template_match(mask, rows, columns, cx, cy)
     area = count / (height * width)
+    band = int(((fraction > 0.2) & (fraction < 0.8)).sum())
     return Detection(
         background=COLOURS[background],
         colour=colour,
@@ -139,7 +146,15 @@ def detect(image) -> Detection:
         y=float(cy / height),
         fill=float(count / box),
         match=match,
+        edge_width=round(band / outline(mask), 4),
     )
+
+
+def outline(mask: np.ndarray) -> int:
+    """The pixels ``mask``'s outline passes through: the number of 4-neighbour pairs one in and one out of it (the
+    image's border counts as out). A line at angle θ passes |cos θ| + |sin θ| pixels per unit of length."""
+    padded = np.pad(mask, 1).astype(np.int8)
+    return int(np.abs(np.diff(padded, axis=0)).sum() + np.abs(np.diff(padded, axis=1)).sum())
 
 
 def _template_match(mask: np.ndarray, rows: np.ndarray, columns: np.ndarray, cx: float, cy: float) -> dict:
