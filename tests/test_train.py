@@ -3,6 +3,7 @@ go down, corrupt images skipped, and a result that `unclip generate` loads."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,6 +133,32 @@ def test_decoder_trains_on_pyramid_noise_when_asked(cascade):
     assert spread[0.0] < 0.05 < 0.1 < spread[0.8], spread
     with pytest.raises(UnclipError, match=r"decoder.pyramid_noise must be in \[0, 1\)"):
         load_train_config(None, ["data.path=d", "decoder.pyramid_noise=1.5"])
+
+
+def test_upsampler_inputs_are_degraded_as_configured(cascade):
+    from unclip.train.objectives import OBJECTIVES
+
+    low = torch.zeros(4, 3, 16, 16)
+    low[:, :, 4:12, 4:12] = 0.8  # a flat square: blur softens its edge, noise roughens the flats
+    out = {}
+    for name, extra in {
+        "paper": [],
+        "noisy": ["sr.noise_sigma=[0.1, 0.1]"],
+        "sharp": ["sr.blur_sigma=[0.01, 0.01]"],
+    }.items():
+        config = load_train_config(None, ["stage=sr256", "data.path=d", *extra])
+        out[name] = OBJECTIVES["sr256"](cascade, config).degrade(low, torch.Generator().manual_seed(0))
+    flat = (slice(None), slice(None), slice(0, 2), slice(0, 16))  # a band of background, far from the square
+    assert out["paper"][flat].abs().max() < 1e-3 and 0.08 < out["noisy"][flat].std() < 0.12  # 64→256: no noise
+    assert torch.allclose(out["sharp"], low.clamp(-1, 1), atol=1e-6)  # σ → 0: no blur
+    assert (out["paper"] - low).abs().max() > 0.1  # σ 0.4-0.6: the edge softened
+    for bad, message in [
+        ("sr.noise_sigma=[0.2, 0.1]", "sr.noise_sigma must be [low, high] with 0 ≤ low ≤ high"),
+        ("sr.jpeg_quality=[50, 120]", "sr.jpeg_quality must be [low, high] in 0-100"),
+        ("sr.blur_sigma=[0, 1]", "sr.blur_sigma must be [low, high] with 0 < low ≤ high"),
+    ]:
+        with pytest.raises(UnclipError, match=re.escape(message)):
+            load_train_config(None, ["stage=sr256", "data.path=d", bad])
 
 
 # -------------------------------------------------------------------------------------- loss goes down

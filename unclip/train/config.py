@@ -68,6 +68,10 @@ class SuperResOptions:
     crop_fraction: float = 0.25  # random crops of this fraction of the target size (DALL·E 2, Appendix C)
     noise_level: int = -1  # augmentation of the low-res input; -1 = the model config's inference level
     blur_sigma: tuple[float, float] = (0.4, 0.6)  # Gaussian blur of the low-res input, σ drawn uniformly
+    # Gaussian noise (σ, of [-1, 1] images) and JPEG quality of the low-res input, drawn uniformly; an empty list:
+    # the stage's own (DALL·E 2 Appendix C: none for 64→256, σ ≤ 0.04 and quality 30-95 for 256→1024), [0, 0]: none
+    noise_sigma: tuple[float, ...] = ()
+    jpeg_quality: tuple[int, ...] = ()
     train: str = "both"  # sr256 only: "first", "last" (Karlo's final-step model) or "both" (one model for both)
 
 
@@ -120,6 +124,20 @@ class TrainConfig:
                 f"decoder.pyramid_noise must be in [0, 1), got {self.decoder.pyramid_noise}",
             ),
             (0 < self.sr.crop_fraction <= 1, f"sr.crop_fraction must be in (0, 1], got {self.sr.crop_fraction}"),
+            (
+                len(self.sr.blur_sigma) == 2 and 0 < self.sr.blur_sigma[0] <= self.sr.blur_sigma[1],
+                f"sr.blur_sigma must be [low, high] with 0 < low ≤ high, got {list(self.sr.blur_sigma)}",
+            ),
+            (
+                self.sr.noise_sigma == ()
+                or (len(self.sr.noise_sigma) == 2 and 0 <= self.sr.noise_sigma[0] <= self.sr.noise_sigma[1]),
+                f"sr.noise_sigma must be [low, high] with 0 ≤ low ≤ high, got {list(self.sr.noise_sigma)}",
+            ),
+            (
+                self.sr.jpeg_quality == ()
+                or (len(self.sr.jpeg_quality) == 2 and 0 <= self.sr.jpeg_quality[0] <= self.sr.jpeg_quality[1] <= 100),
+                f"sr.jpeg_quality must be [low, high] in 0-100 (0, 0: no JPEG), got {list(self.sr.jpeg_quality)}",
+            ),
             (
                 self.sr.train in ("first", "last", "both"),
                 f"sr.train must be first, last or both, got {self.sr.train!r}",
