@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Retrain the offline demo cascade (`--model demo`) from nothing, with unclip's own code, then ship it.
 #
-#   bash scripts/train_demo.sh                                  # CPU: docs/benchmarks.md says how long it took
+#   bash scripts/train_demo.sh                       # every step; run it again after an interruption to finish
+#   bash scripts/train_demo.sh data clip embed prior # only these steps, in this order (finished ones skip)
 #   DECODER_LAUNCH="accelerate launch" bash scripts/train_demo.sh   # e.g. one GPU (accelerate's own config)
 #
-# 1. The procedural shapes dataset: the same scenes at 256 px (CLIP, prior, decoder, 64→256) and, the first
-#    4000, at 1024 px (256→1024; decoding a 1024 px PNG costs more than a 64 px decoder step on a CPU).
-# 2. Two lanes side by side, each on half the cores: (a) the tiny CLIP (open_clip, contrastive), its image
-#    embeddings cached (`unclip embed`), the prior around it; (b) the two upsamplers, which see no text and so
-#    need no trained CLIP (configs/train/demo-sr256.yaml, demo-sr1024.yaml).
-# 3. The 64 px decoder, on the prior's cascade, with every core ($DECODER_LAUNCH: by default two CPU
-#    processes, accelerate's torchrun launcher; batch_size in demo-decoder.yaml is per process), in three
-#    phases, each from the previous one's weights: demo-decoder.yaml, demo-decoder2.yaml (Min-SNR-γ
-#    weighting), demo-decoder3.yaml (multi-resolution training noise: backgrounds and positions).
-# 4. The fp16 export into models/demo/ (text stages from the decoder run, upsamplers from the sr1024 run), and
-#    the shapes evaluation of what was shipped.
-# Everything goes under runs/demo/ and data/; rerunning skips finished steps (a stage is finished when its
-# output_dir has model.yaml; an interrupted stage resumes from its latest checkpoint).
+# Steps (STEPS below), each skipped when its output is complete and resumed where it stopped otherwise:
+#   data     the procedural shapes dataset: the same scenes at 256 px (CLIP, prior, decoder, 64→256) and, the
+#            first 4000, at 1024 px (256→1024); written into a .partial folder, renamed when whole. Each image's
+#            "text" lists every caption of the grammar true of it (size word, position, full stop said or not).
+#   clip     the tiny CLIP (open_clip, contrastive, a caption drawn per image and step; scripts/train_demo_clip.py),
+#            its state saved every 500 steps to runs/demo/clip.pt and resumed from.
+#   embed    its image embeddings of the 256 px set, cached (`unclip embed`); redone when the CLIP is newer.
+#   prior    configs/train/demo-prior.yaml around that CLIP.
+#   sr256, sr1024   the two upsamplers (they see no text: no trained CLIP needed).
+#   decoder, decoder2, decoder3   the 64 px decoder in three phases, each from the previous one's weights, with
+#            every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun launcher).
+#   export   fp16 into models/demo/ (text stages from decoder3, upsamplers from sr1024), the demo's settings.
+#   eval     `unclip eval shapes` of what was shipped, at 64 px (runs/demo/eval-64.json).
+# A training step is finished when its output_dir has model.yaml; an interrupted one resumes from its latest
+# checkpoint (`resume=latest`). Without arguments the text side (clip, embed, prior) and the upsamplers run side
+# by side, each on half the cores. Every step that ran appends "step<TAB>seconds<TAB>date" to runs/demo/times.tsv.
+# Everything goes under runs/demo/ and data/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -24,55 +29,87 @@ SEED=${SEED:-0}
 CORES=$(nproc)
 HALF=$(( CORES > 1 ? CORES / 2 : 1 ))
 DECODER_LAUNCH=${DECODER_LAUNCH:-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no}
+STEPS=(data clip embed prior sr256 sr1024 decoder decoder2 decoder3 export eval)
+mkdir -p runs/demo
 
-step() { echo "== $(date -u +%H:%M:%S) $*"; }
+say() { echo "== $(date -u +%H:%M:%S) $*"; }
+timed() {  # timed NAME command...: run it, then log its wall time
+  local name=$1 start=$SECONDS; shift
+  say "$name"
+  "$@"
+  printf '%s\t%s\t%s\n' "$name" "$(( SECONDS - start ))" "$(date -u +%FT%TZ)" >> runs/demo/times.tsv
+  say "$name done in $(( SECONDS - start )) s"
+}
 resume() { [ -d "runs/demo/$1/checkpoints" ] && echo "resume=latest" || true; }
-stage() {  # stage NAME [launcher...]: train configs/train/demo-NAME.yaml unless finished
+train() {  # train NAME [launcher...]: configs/train/demo-NAME.yaml unless runs/demo/NAME has model.yaml
   local name=$1; shift
   [ -f "runs/demo/$name/model.yaml" ] && return
-  step "$name"
   if [ $# -eq 0 ]; then set -- python; fi
-  "$@" -m unclip.train --config "configs/train/demo-$name.yaml" seed="$SEED" $(resume "$name")
+  timed "$name" "$@" -m unclip.train --config "configs/train/demo-$name.yaml" seed="$SEED" $(resume "$name")
+}
+dataset() {  # dataset FOLDER N SIZE
+  [ -f "$1/metadata.jsonl" ] && return
+  rm -rf "$1.partial"
+  timed "data $3 px" unclip data shapes "$1.partial" --n "$2" --size "$3" --seed "$SEED" --workers "$CORES" --quiet
+  mv "$1.partial" "$1"
 }
 
-[ -f data/shapes-256/metadata.jsonl ] || { step "dataset 256 px"; unclip data shapes data/shapes-256 --n 20000 --size 256 --seed "$SEED" --workers "$CORES" --quiet; }
-[ -f data/shapes-1024/metadata.jsonl ] || { step "dataset 1024 px"; unclip data shapes data/shapes-1024 --n 4000 --size 1024 --seed "$SEED" --workers "$CORES" --quiet; }
+step_data() {
+  dataset data/shapes-256 20000 256
+  dataset data/shapes-1024 4000 1024
+}
+step_clip() {
+  [ -f runs/demo/clip/zero_shot.json ] && return
+  rm -rf runs/demo/clip  # an export cut short; the training state is in runs/demo/clip.pt
+  timed clip python scripts/train_demo_clip.py --data data/shapes-256 --out runs/demo/clip --steps 5000 \
+    --seed "$SEED" --checkpoint runs/demo/clip.pt --no-progress
+}
+step_embed() {
+  local cache
+  cache=$(ls data/shapes-256/.unclip-cache/*.safetensors 2>/dev/null | head -1 || true)
+  [ -n "$cache" ] && [ "$cache" -nt runs/demo/clip/zero_shot.json ] && return
+  timed embed unclip embed data/shapes-256 --clip hf:runs/demo/clip/image_encoder
+}
+step_prior() { train prior; }
+step_sr256() { train sr256; }
+step_sr1024() { train sr1024; }
+step_decoder() { OMP_NUM_THREADS=$HALF train decoder $DECODER_LAUNCH; }
+step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min-SNR-γ 5
+step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
+step_export() {
+  [ -f models/demo/model.yaml ] && [ models/demo/model.yaml -nt runs/demo/decoder3/model.yaml ] \
+    && [ models/demo/model.yaml -nt runs/demo/sr1024/model.yaml ] && return
+  timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml \
+    --upsamplers runs/demo/sr1024/model.yaml --clip runs/demo/clip --out models/demo --force
+  sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
+}
+step_eval() {
+  [ -f runs/demo/eval-64.json ] && [ runs/demo/eval-64.json -nt models/demo/model.yaml ] && return
+  rm -f runs/demo/eval-64.json
+  timed eval unclip eval shapes --model demo --n 192 --size 64 --report runs/demo/eval-64.json --quiet
+}
 
-mkdir -p runs/demo
-text_lane() {
-  export OMP_NUM_THREADS=$HALF
-  if [ ! -f runs/demo/clip/text_encoder/config.json ]; then
-    step "CLIP"
-    rm -rf runs/demo/clip
-    python scripts/train_demo_clip.py --data data/shapes-256 --out runs/demo/clip --steps 5000 --seed "$SEED" --no-progress
-  fi
-  step "CLIP image embeddings"
-  unclip embed data/shapes-256 --clip hf:runs/demo/clip/image_encoder
-  stage prior
-}
-upsampler_lane() {
-  export OMP_NUM_THREADS=$HALF
-  stage sr256
-  stage sr1024
-}
+if [ $# -gt 0 ]; then
+  for name in "$@"; do
+    [[ " ${STEPS[*]} " == *" $name "* ]] || { echo "unknown step '$name': choose from ${STEPS[*]}" >&2; exit 2; }
+  done
+  for name in "$@"; do OMP_NUM_THREADS=${OMP_NUM_THREADS:-$CORES} "step_$name"; done
+  exit 0
+fi
+
+step_data
+text_lane() { export OMP_NUM_THREADS=$HALF; step_clip; step_embed; step_prior; }
+upsampler_lane() { export OMP_NUM_THREADS=$HALF; step_sr256; step_sr1024; }
 text_lane > runs/demo-text-lane.log 2>&1 &
 text=$!
 upsampler_lane > runs/demo-upsampler-lane.log 2>&1 &
 upsamplers=$!
-step "two lanes: text (CLIP, prior; runs/demo-text-lane.log) and upsamplers (runs/demo-upsampler-lane.log)"
+say "two lanes: text (CLIP, prior; runs/demo-text-lane.log) and upsamplers (runs/demo-upsampler-lane.log)"
 wait $text || { echo "the text lane failed: see runs/demo-text-lane.log" >&2; exit 1; }
 wait $upsamplers || { echo "the upsampler lane failed: see runs/demo-upsampler-lane.log" >&2; exit 1; }
-
-export OMP_NUM_THREADS=$HALF   # per decoder process
-stage decoder $DECODER_LAUNCH
-stage decoder2 $DECODER_LAUNCH   # 2,700 more steps with Min-SNR-γ 5, from the first phase's weights
-stage decoder3 $DECODER_LAUNCH   # 2,000 more with pyramid noise: backgrounds and positions from z_i and the caption
-
-step "export fp16 into models/demo"
-python scripts/export_demo.py runs/demo/decoder3/model.yaml --upsamplers runs/demo/sr1024/model.yaml \
-  --clip runs/demo/clip --out models/demo --force
-sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, paths relative to it
-step "evaluate"
-rm -f runs/demo/eval-64.json
-unclip eval shapes --model demo --n 96 --size 64 --report runs/demo/eval-64.json --quiet
-step "done"
+step_decoder
+step_decoder2
+step_decoder3
+step_export
+step_eval
+say "done: wall times in runs/demo/times.tsv"
