@@ -6,7 +6,9 @@
     report = zero_shot(model, images, attributes)
     report.accuracy["colour"], report.held_out["shape"]
 
-Classes: every caption the shapes grammar writes (``all_attributes``: 2,016 of them) is one. An image's score
+Classes: every caption of the shapes grammar with every part said (``all_attributes``: 1,680 of them) is one. A
+caption without "in the <position>" is true of an image anywhere (unclip data shapes trains on it so), so it is
+no class of its own, and position is scored on the images placed at a named position only. An image's score
 for an attribute value is the log-sum-exp of its logits (logit scale × cosine) over the captions with that
 value, i.e. the posterior over captions marginalised onto the attribute; the prediction is the best value.
 The model never sees a caption of the held-out colour-and-shape pairs in training (``shapes.HELD_OUT``), yet
@@ -38,8 +40,10 @@ class ZeroShotReport:
 
 
 def all_attributes() -> list[shapes.Attributes]:
-    """Every attribute combination the grammar can caption (the shape's colour is never the background's)."""
-    grid = itertools.product(shapes.COLOURS, shapes.SHAPES, shapes.COLOURS, shapes.AREAS, shapes.POSITIONS)
+    """Every attribute combination the grammar can caption with every part said (the shape's colour is never the
+    background's; a named position)."""
+    positions = [p for p in shapes.POSITIONS if p != "anywhere"]
+    grid = itertools.product(shapes.COLOURS, shapes.SHAPES, shapes.COLOURS, shapes.AREAS, positions)
     return [shapes.Attributes(shape=s, colour=c, background=b, size=z, position=p) for c, s, b, z, p in grid if b != c]
 
 
@@ -70,12 +74,14 @@ def zero_shot(model, images: torch.Tensor, attributes: list[shapes.Attributes]) 
         values = sorted({getattr(c, name) for c in classes})
         member = torch.tensor([[getattr(c, name) == v for c in classes] for v in values])  # (V, C)
         scores = torch.stack([logits[:, m].logsumexp(dim=-1) for m in member], dim=-1)  # (N, V)
-        truth = torch.tensor([values.index(getattr(a, name)) for a in attributes])
+        truth = torch.tensor([values.index(v) if (v := getattr(a, name)) in values else -1 for a in attributes])
         right[name] = scores.argmax(dim=-1) == truth
     held = torch.tensor([a.held_out for a in attributes])
+    placed = torch.tensor([a.position != "anywhere" for a in attributes])  # position asked of these only
+    asked = {name: placed if name == "position" else torch.ones_like(placed) for name in right}
     return ZeroShotReport(
-        accuracy={k: v.float().mean().item() for k, v in right.items()},
-        held_out={k: v[held].float().mean().item() for k, v in right.items()} if held.any() else {},
+        accuracy={k: v[asked[k]].float().mean().item() for k, v in right.items()},
+        held_out={k: v[held & asked[k]].float().mean().item() for k, v in right.items()} if held.any() else {},
         n=len(attributes),
         n_held_out=int(held.sum()),
     )
