@@ -287,7 +287,7 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin):
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         size: int | None = None,
         scheduler: str | dict[str, str] | None = None,
@@ -305,7 +305,8 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin):
             prompt: one prompt or a list; ``num_images_per_prompt`` images each, prompt-major order.
             negative_prompt: encoded in place of "" in the unconditional branch of every guided stage.
             seed: image k of the call uses ``torch.Generator("cpu").manual_seed(seed + k)`` for all its
-                noise, so it is the same made alone or in a batch. Ignored when ``generator`` is given.
+                noise, so it is the same made alone or in a batch; or a list, one seed per image. Ignored when
+                ``generator`` is given.
             generator: diffusers-style alternative: one generator (for the whole batch) or one per image.
             size: 64, 256 or 1024 (default: the largest the model makes); the cascade stops there.
             scheduler: one name for every stage, or ``{stage: name}`` (see ``unclip.schedulers``).

@@ -30,19 +30,28 @@ def initial_noise(
     return randn_tensor(shape, generator=generators, device=device, dtype=dtype)
 
 
-def image_generators(seed: int | None, generator, batch: int) -> tuple[Any, list[int | None]]:
+def image_generators(seed: int | list[int] | None, generator, batch: int) -> tuple[Any, list[int | None]]:
     """One generator per image and their seeds: image k of a call uses ``Generator("cpu").manual_seed(seed + k)``,
-    so it is the same alone or in a batch (a random seed when None). ``generator`` (diffusers' form: one for the
-    batch or one per image) is used as given, its seeds unknown."""
+    so it is the same alone or in a batch (a random seed when None); a list gives each image its own seed (a
+    server batching several requests). ``generator`` (diffusers' form: one for the batch or one per image) is
+    used as given, its seeds unknown."""
     if generator is not None:
         if isinstance(generator, list) and len(generator) != batch:
             raise UnclipError(f"got {len(generator)} generators for {batch} images: give one per image")
         return generator, [None] * batch
     if seed is None:
         seed = random.randrange(2**31)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise UnclipError(f"seed must be a whole number ≥ 0, got {seed!r}")
-    return [torch.Generator("cpu").manual_seed(seed + k) for k in range(batch)], [seed + k for k in range(batch)]
+    if isinstance(seed, list) and len(seed) != batch:
+        raise UnclipError(f"got {len(seed)} seeds for {batch} images: give one per image, or one for the call")
+    seeds = seed if isinstance(seed, list) else [seed + k for k in range(batch)] if _whole(seed) else [seed]
+    for value in seeds:
+        if not _whole(value):
+            raise UnclipError(f"seed must be a whole number ≥ 0, got {value!r}")
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds], list(seeds)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def fork_generator(generator: torch.Generator, j: int) -> torch.Generator:
