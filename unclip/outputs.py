@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,27 +96,56 @@ def _next_number(folder: Path) -> int:
 
 
 def save_images(folder: Path, images: list[Image.Image], metadata: list[dict[str, Any]]) -> list[Path]:
-    """Write each image as ``NNNNN-SEED.png`` with its parameters, and append its metadata.jsonl line."""
+    """Write each image as ``NNNNN-SEED.png`` with its parameters, and append its metadata.jsonl line.
+
+    A PNG appears whole or not at all: it is written to a hidden ``.unclip-partial-*`` file, then hard-linked to its
+    name (which fails, rather than overwrite, when the name is taken) and the partial name removed. A process
+    killed meanwhile leaves only the hidden file (``remove_partial`` clears those)."""
     written = []
     number = _next_number(folder)
     for image, meta in zip(images, metadata, strict=True):
         info = PngInfo()
         info.add_text("parameters", a1111_parameters(meta))
-        while True:
-            path = folder / f"{number:05d}-{meta['seed']}.png"
-            number += 1
-            try:
-                with open(path, "xb") as handle:  # exclusive: never overwrite
-                    image.save(handle, format="PNG", pnginfo=info)
-                break
-            except FileExistsError:
-                continue
+        partial = folder / f"{PARTIAL}{secrets.token_hex(8)}.png"
+        with open(partial, "xb") as handle:  # the umask's permissions, as any other output
+            image.save(handle, format="PNG", pnginfo=info)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            while True:
+                path = folder / f"{number:05d}-{meta['seed']}.png"
+                number += 1
+                try:
+                    os.link(partial, path)  # exclusive: never overwrite
+                    break
+                except FileExistsError:
+                    continue
+                except OSError:  # a file system without hard links: an exclusive copy (whole unless killed midway)
+                    try:
+                        with open(path, "xb") as copy:
+                            copy.write(partial.read_bytes())
+                        break
+                    except FileExistsError:
+                        continue
+        finally:
+            partial.unlink(missing_ok=True)
         with open(folder / "metadata.jsonl", "a") as handle:
             handle.write(json.dumps({"file_name": path.name, "text": meta["prompt"], **meta}) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         written.append(path)
     return written
+
+
+PARTIAL = ".unclip-partial-"
+
+
+def remove_partial(folder: Path) -> int:
+    """Delete the hidden partial PNGs a killed process left in ``folder``; returns how many."""
+    stale = list(folder.glob(f"{PARTIAL}*.png"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def save_gif(frames: list[Path], duration_ms: int = 250) -> Path:
