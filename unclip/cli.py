@@ -6,6 +6,7 @@
     unclip embed my/images --clip hf:openai/clip-vit-large-patch14   # CLIP image embeddings for training
     unclip data shapes data/shapes --n 20000 --workers 8             # the offline demo's dataset
     unclip eval shapes --model runs/demo/model.yaml --out eval/      # and its benchmark
+    unclip serve --model demo --port 7860 --out served/              # OpenAI and A1111 APIs, a web page
 
 Mistakes in the input end with one ``error: ...`` line on stderr and exit code 2, before any work.
 """
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from unclip import cli_edits
+from unclip import cli_edits, cli_serve
 from unclip.cli_args import (
     DTYPES,
     Formatter,
@@ -272,6 +273,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "embed": ("precompute the CLIP image embeddings of a training dataset", add_embed_args, run_embed),
     "data": ("write a training dataset: shapes", *_group(DATA_COMMANDS, "dataset")),
     "eval": ("score a model on a benchmark: shapes", *_group(EVAL_COMMANDS, "benchmark")),
+    **cli_serve.COMMANDS,
 }
 
 

@@ -1,0 +1,70 @@
+"""``unclip serve``: the OpenAI Images API, the AUTOMATIC1111 API and a web page, for many clients on one model.
+
+    unclip serve --model demo --host 127.0.0.1 --port 7860 --out served/
+    unclip serve --model karlo-x4 --api-key "$KEY" --max-batch 8 --max-queue 64 --cors http://localhost:3000
+
+Needs the ``serve`` extra (FastAPI, uvicorn, python-multipart): ``pip install -e ".[serve]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from unclip.cli_args import DTYPES, positive_int
+from unclip.errors import UnclipError
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="demo", help="preset name, model YAML file or save_pretrained folder")
+    p.add_argument("--out", type=Path, default=Path("served"), help="where every result is saved (never overwritten)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860, help="TCP port")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="images per pipeline call, across requests")
+    p.add_argument("--max-queue", type=positive_int, default=32, help="requests waiting; more get 429")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (default: $UNCLIP_API_KEY)")
+    p.add_argument("--cors", metavar="ORIGIN", default=None, help="allow browser pages from ORIGIN (default: none)")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="auto: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
+    p.add_argument("--offload", action="store_true", help="model CPU offload: keep only the running model on the GPU")
+
+
+def build(args):
+    """The engine and the app of ``args`` (everything but listening), for ``run_serve`` and tests."""
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+    except ImportError:
+        raise UnclipError('unclip serve needs FastAPI: pip install "unclip[serve]" (or -e ".[serve]")') from None
+    if not 0 < args.port < 65536:
+        raise UnclipError(f"--port must be 1-65535, got {args.port}")
+    from unclip.cli_args import load_pipeline
+    from unclip.serve.app import create_app
+    from unclip.serve.engine import Engine
+
+    loading = argparse.Namespace(
+        model=args.model, out=args.out, seed=0, size=None, scheduler=None, device=args.device, dtype=args.dtype,
+        attention=args.attention, offload=args.offload, speedups="default", quiet=True,
+    )  # fmt: skip
+    pipe, out = load_pipeline(loading)
+    engine = Engine(pipe, out, max_batch=args.max_batch, max_queue=args.max_queue)
+    key = args.api_key if args.api_key is not None else os.environ.get("UNCLIP_API_KEY") or None
+    return engine, create_app(engine, model=args.model, api_key=key, cors=args.cors)
+
+
+def run_serve(args) -> int:
+    import uvicorn
+
+    engine, app = build(args)
+    engine.start()
+    print(f"unclip serve: http://{args.host}:{args.port}/ (model {args.model}, results in {args.out})", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.stop()
+    return 0
+
+
+COMMANDS = {"serve": ("a local server: OpenAI Images API, AUTOMATIC1111 API, web page", add_serve_args, run_serve)}

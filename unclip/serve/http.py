@@ -1,0 +1,81 @@
+"""What every route of `unclip serve` shares: the error JSON, the JSON body, waiting for a job, the result files.
+
+from unclip.serve.http import error_response, json_body, wait_for, result_path
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from unclip.serve.engine import Cancelled, Engine, Job
+from unclip.serve.requests import BadRequest
+
+FILE_NAME = re.compile(r"^\d{5}-\d+\.png$")  # what unclip.outputs.save_images writes, nothing else
+POLL = 0.1  # seconds between checks that a waiting client is still there
+
+
+def error_response(request, status: int, message: str, kind: str, param: str | None = None):
+    """OpenAI's error JSON everywhere (A1111's clients read ``error`` and ``detail``: both are there)."""
+    from fastapi.responses import JSONResponse
+
+    body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    if request.url.path.startswith("/sdapi/"):
+        body["detail"] = message
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def json_body(request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("the body is not JSON: send a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+async def wait_for(job: Job, request, engine: Engine) -> list:
+    """The job's images; cancels it when the client goes away first. Raises Cancelled or the job's error."""
+    future = asyncio.wrap_future(job.future)
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=POLL)
+        if done:
+            return future.result()
+        if await request.is_disconnected():
+            engine.cancel(job.id)
+            raise Cancelled(f"{job.id}: the client went away")
+
+
+def result_path(out: Path, name: str) -> Path:
+    """A file of the output folder by name alone: ``NNNNN-SEED.png`` directly in it, nothing else (404)."""
+    from fastapi import HTTPException
+
+    path = out / name
+    if not FILE_NAME.match(name) or path.parent.resolve() != out.resolve() or not path.is_file():
+        raise HTTPException(status_code=404, detail=f"no result {name}")
+    return path
+
+
+def load_result(engine: Engine, name: Any):
+    from PIL import Image
+
+    if not isinstance(name, str):
+        raise BadRequest("variation_of must be the file name of a result", "variation_of")
+    try:
+        path = result_path(engine.out, name)
+    except Exception:
+        raise BadRequest(f"no result {name} in this server's output folder", "variation_of") from None
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def describe(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    from unclip.outputs import a1111_parameters
+
+    return {"file": path.name, "url": f"/files/{path.name}", "metadata": metadata,
+            "parameters": a1111_parameters(metadata)}  # fmt: skip
