@@ -118,6 +118,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.completed = 0  # images made, for the page and the benchmarks
         pipe.progress_bar = self._steps  # every stage's denoising loop reports here (and checks for cancels)
+        # (an instance attribute over the class's method: ``stop`` removes it)
 
     # ------------------------------------------------------------------------------------------ clients
     def submit(self, job: Job) -> Job:
@@ -193,6 +194,8 @@ class Engine:
         self.interrupt()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.pipe.__dict__.get("progress_bar") == self._steps:
+            del self.pipe.progress_bar  # the pipeline's own progress bars again
 
     def _next_batch(self) -> list[Job]:
         """The oldest job and the queued jobs of its key that fit beside it, oldest first (under the lock)."""
