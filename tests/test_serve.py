@@ -193,6 +193,12 @@ def test_the_page_routes_submit_poll_cancel_and_list(server):
     assert client.get("/api/gallery").json()["images"][0]["metadata"]["edit"] == "variation"
     bad = client.post("/api/jobs", json={"variation_of": "../x.png", "size": "64x64"})
     assert "no result" in _error(bad, 400, "variation_of")
+    ends = [gallery[0]["file"], client.get("/api/gallery").json()["images"][0]["file"]]
+    frames = client.post("/api/jobs", json={"interpolate": ends, "n": 3, "size": "64x64", "settings": FAST})
+    made = engine.job(frames.json()["id"]).result(timeout=120)
+    assert [m.metadata["theta"] for m in made] == [0.0, 0.5, 1.0] and made[0].metadata["edit"] == "interpolation"
+    one = client.post("/api/jobs", json={"interpolate": ends[:1], "size": "64x64"})
+    assert "two results" in _error(one, 400, "interpolate")
     info = client.get("/api/info").json()
     assert info["sizes"] == [64, 256, 1024] and info["stages"]["decoder"]["steps"]["default"] == 25
 

@@ -66,9 +66,12 @@ def test_generate_in_the_page_then_open_the_picture(served):
         assert page.get_attribute("#download", "download").endswith(".png")
         shot = tmp_path / "serve.png"
         page.screenshot(path=str(shot))
+        page.click("#vary")  # variations of the opened picture, with the Advanced panel's steps
+        page.wait_for_function("document.querySelectorAll('#gallery img').length === 2", timeout=120_000)
+        assert page.inner_text("#status").startswith("done")
         browser.close()
     assert not outside, outside
     assert shot.stat().st_size > 10_000
     if os.environ.get("UNCLIP_SCREENSHOT"):
         shutil.copy(shot, os.environ["UNCLIP_SCREENSHOT"])
-    assert len(list((tmp_path / "served").glob("*.png"))) == 1
+    assert len(list((tmp_path / "served").glob("*.png"))) == 2

@@ -83,16 +83,22 @@ def create_app(engine: Engine, model: str = "model", api_key: str | None = None,
         from unclip.serve.requests import check_plan, without_prior
 
         settings = settings_of(body.get("settings") or {}, pipe)
-        source = body.get("variation_of")
-        if source is not None:  # the page sends every stage's fields; a variation runs no prior
+        source, ends = body.get("variation_of"), body.get("interpolate")
+        if source is not None or ends is not None:  # the page sends every stage's fields; these run no prior
             settings = without_prior(settings)
-        check_plan(pipe, size, settings, "decoder" if source is not None else "prior")
-        if source is not None:
+        check_plan(pipe, size, settings, "prior" if source is None and ends is None else "decoder")
+        seed = seed_of(body.get("seed"))
+        if ends is not None:
+            if not isinstance(ends, list) or len(ends) != 2:
+                raise BadRequest("interpolate must be the file names of two results", "interpolate")
+            images = tuple(load_result(engine, name, "interpolate") for name in ends)
+            job = Job("interpolate", count(body.get("n", 5), "frames"), size, seed, image=images, settings=settings)
+        elif source is not None:
             image = load_result(engine, source)
-            job = Job("vary", count(body.get("n", 1)), size, seed_of(body.get("seed")), image=image, settings=settings)
+            job = Job("vary", count(body.get("n", 1)), size, seed, image=image, settings=settings)
         else:
             job = Job.generate(
-                prompt_of(body.get("prompt")), count(body.get("n", 1)), size, seed_of(body.get("seed")),
+                prompt_of(body.get("prompt")), count(body.get("n", 1)), size, seed,
                 negative_prompt=prompt_of(body.get("negative_prompt"), "negative_prompt", required=False),
                 settings=settings,
             )  # fmt: skip

@@ -53,15 +53,16 @@ _ids = itertools.count(1)
 
 @dataclass
 class Job:
-    """One request: ``n`` images of one prompt (``generate``) or of one picture's variations (``vary``)."""
+    """One request: ``n`` images of one prompt (``generate``), of one picture's variations (``vary``), or the ``n``
+    frames of an interpolation between two pictures (``interpolate``: ``image`` is the pair)."""
 
-    kind: str  # "generate" or "vary"
+    kind: str  # "generate", "vary" or "interpolate"
     n: int
     size: int
     seed: int
     prompt: str = ""
     negative_prompt: str = ""
-    image: Any = None  # vary: a PIL image
+    image: Any = None  # vary: a PIL image; interpolate: two
     settings: dict[str, Any] = field(default_factory=dict)  # pipeline keywords: per-stage settings, scheduler
     id: str = field(default_factory=lambda: f"job-{next(_ids)}")
     created: float = field(default_factory=time.time)
@@ -273,6 +274,9 @@ class Engine:
             return self.pipe.vary(
                 first.image, num_images_per_prompt=first.n, seed=first.seed, size=first.size, **first.settings
             )
+        if first.kind == "interpolate":
+            start, end = first.image
+            return self.pipe.interpolate(start, end, frames=first.n, seed=first.seed, size=first.size, **first.settings)
         prompts = [job.prompt for job in batch for _ in range(job.n)]
         negatives = [job.negative_prompt for job in batch for _ in range(job.n)]
         seeds = [job.seed + k for job in batch for k in range(job.n)]

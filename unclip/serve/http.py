@@ -61,15 +61,16 @@ def result_path(out: Path, name: str) -> Path:
     return path
 
 
-def load_result(engine: Engine, name: Any):
+def load_result(engine: Engine, name: Any, param: str = "variation_of"):
+    """A result of the output folder, by file name, as an RGB image (400 naming ``param`` when there is none)."""
     from PIL import Image
 
     if not isinstance(name, str):
-        raise BadRequest("variation_of must be the file name of a result", "variation_of")
+        raise BadRequest(f"{param} must be the file name of a result", param)
     try:
         path = result_path(engine.out, name)
     except Exception:
-        raise BadRequest(f"no result {name} in this server's output folder", "variation_of") from None
+        raise BadRequest(f"no result {name} in this server's output folder", param) from None
     with Image.open(path) as image:
         return image.convert("RGB")
 

@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 let current = null;   // the id of the job this page waits for
 let opened = null;    // the gallery entry in the viewer
+let start = null;     // the first end of an interpolation, once chosen
 
 function headers(extra = {}) {
   const key = localStorage.getItem("unclip-api-key");
@@ -123,6 +124,8 @@ function view(image, img) {
   $("parameters").textContent = image.parameters;
   $("download").href = img.src;
   $("download").download = image.file;
+  $("to").hidden = !start || start.file === image.file;
+  $("to").textContent = start ? `Interpolate from ${start.file} to here` : "";
   $("viewer").showModal();
 }
 
@@ -150,6 +153,17 @@ $("interrupt").addEventListener("click", async () => {
 $("vary").addEventListener("click", () => {
   $("viewer").close();
   run(request({ variation_of: opened.file, prompt: opened.metadata.prompt }));
+});
+$("from").addEventListener("click", () => {
+  start = opened;
+  $("viewer").close();
+  status(`interpolation from ${start.file}: open its other end`);
+});
+$("to").addEventListener("click", () => {
+  $("viewer").close();
+  const ends = [start.file, opened.file];
+  start = null;
+  run(request({ interpolate: ends, n: Number($("frames").value) }));
 });
 $("close").addEventListener("click", () => $("viewer").close());
 $("upload").addEventListener("change", (event) => { if (event.target.files[0]) uploadVariations(event.target.files[0]); });
