@@ -301,3 +301,18 @@ def test_the_official_openai_package_against_a_running_server(pipe, tmp_path):
         server.should_exit = True
         thread.join(10)
         engine.stop()
+
+
+def test_serve_command_errors_are_one_line(tmp_path, capsys):
+    import socket
+
+    from unclip.cli import main
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1
+    assert main(["serve", "--port", "70000"]) == 2 and "--port must be 1-65535" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path / "nothing.yaml"), "--port", str(port)]) == 2  # free again
+    assert "nothing.yaml" in capsys.readouterr().err

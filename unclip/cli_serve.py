@@ -33,13 +33,15 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 def build(args):
     """The engine and the app of ``args`` (everything but listening), for ``run_serve`` and tests."""
-    try:
-        import fastapi  # noqa: F401
-        import multipart  # noqa: F401
-    except ImportError:
-        raise UnclipError('unclip serve needs FastAPI: pip install "unclip[serve]" (or -e ".[serve]")') from None
+    from importlib.util import find_spec
+
+    if not all(find_spec(name) for name in ("fastapi", "uvicorn")) or not (
+        find_spec("python_multipart") or find_spec("multipart")
+    ):
+        raise UnclipError('unclip serve needs FastAPI: pip install "unclip[serve]" (or -e ".[serve]")')
     if not 0 < args.port < 65536:
         raise UnclipError(f"--port must be 1-65535, got {args.port}")
+    check_address(args.host, args.port)
     from unclip.cli_args import load_pipeline
     from unclip.serve.app import create_app
     from unclip.serve.engine import Engine
@@ -52,6 +54,19 @@ def build(args):
     engine = Engine(pipe, out, max_batch=args.max_batch, max_queue=args.max_queue)
     key = args.api_key if args.api_key is not None else os.environ.get("UNCLIP_API_KEY") or None
     return engine, create_app(engine, model=args.model, api_key=key, cors=args.cors)
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, before the model loads, an address this process cannot listen on."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise UnclipError(
+            f"cannot listen on {host}:{port} ({err.strerror or err}): choose another --port or --host"
+        ) from None
 
 
 def run_serve(args) -> int:
