@@ -199,6 +199,9 @@ def test_the_page_routes_submit_poll_cancel_and_list(server):
     assert [m.metadata["theta"] for m in made] == [0.0, 0.5, 1.0] and made[0].metadata["edit"] == "interpolation"
     one = client.post("/api/jobs", json={"interpolate": ends[:1], "size": "64x64"})
     assert "two results" in _error(one, 400, "interpolate")
+    assert "no job" in _error(client.get("/api/jobs/job-0"), 404, "id")
+    too_many = client.post("/api/jobs", json={"prompt": PROMPT, "size": "64x64", "n": 9})  # --max-batch 8
+    assert "more than this server's --max-batch 8" in _error(too_many, 400)
     info = client.get("/api/info").json()
     assert info["sizes"] == [64, 256, 1024] and info["stages"]["decoder"]["steps"]["default"] == 25
 
@@ -232,6 +235,16 @@ def test_queue_bound_cancel_and_interrupt(pipe, tmp_path):
     with pytest.raises(Cancelled):
         first.result()
     assert not engine.cancel(first.id) and not engine.cancel("job-none")
+    from unclip.serve import engine as engine_module
+
+    kept = engine_module.KEEP
+    engine_module.KEEP = 0  # finished jobs are forgotten (their PNGs with them) past KEEP
+    try:
+        engine._queue.clear()
+        engine.submit(Job.generate(PROMPT, 1, 64, 1, settings=FAST))
+        assert engine.job(first.id) is None
+    finally:
+        engine_module.KEEP = kept
     engine.submit(Job.generate(PROMPT, 1, 64, 3, settings=FAST))  # the queue full again
     client = TestClient(create_app(engine, model="demo"))
     full = client.post("/v1/images/generations", json={"prompt": PROMPT, "size": "64x64"})

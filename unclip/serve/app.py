@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from unclip.errors import UnclipError
 from unclip.serve.engine import Cancelled, Engine, Job, QueueFull
 from unclip.serve.http import FILE_NAME, describe, error_response, json_body, load_result, result_path
 from unclip.serve.requests import BadRequest, count, prompt_of, seed_of, settings_of, size_of
@@ -66,6 +67,14 @@ def create_app(engine: Engine, model: str = "model", api_key: str | None = None,
         param = where[0] if where else None
         message = f"{'.'.join(where) or 'request'}: {first.get('msg', 'invalid')}"
         return error_response(request, 400, message, "invalid_request_error", param)
+
+    @app.exception_handler(UnclipError)
+    async def refused(request: Request, err: UnclipError):  # e.g. n over --max-batch
+        return error_response(request, 400, str(err), "invalid_request_error")
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, err: NotFound):
+        return error_response(request, 404, str(err), "not_found", err.param)
 
     @app.exception_handler(QueueFull)
     async def full(request: Request, err: QueueFull):
@@ -109,7 +118,7 @@ def create_app(engine: Engine, model: str = "model", api_key: str | None = None,
     def poll(job_id: str) -> dict[str, Any]:
         job = engine.job(job_id)
         if job is None:
-            raise BadRequest(f"no job {job_id}", "id")
+            raise NotFound(f"no job {job_id} (finished jobs are kept for a while, not forever)", "id")
         out: dict[str, Any] = {"id": job.id, "state": job.state}
         progress = engine.progress()
         if job.id in progress["jobs"]:
@@ -152,6 +161,10 @@ def create_app(engine: Engine, model: str = "model", api_key: str | None = None,
 
 
 class Unauthorized(Exception):
+    pass
+
+
+class NotFound(BadRequest):
     pass
 
 

@@ -49,6 +49,7 @@ class Image:
 
 
 _ids = itertools.count(1)
+KEEP = 256  # finished jobs (and their PNGs) kept for polling
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Engine:
         self.pipe, self.out = pipe, ensure_writable(Path(out))
         self.max_batch, self.max_queue = max_batch, max_queue
         self._queue: deque[Job] = deque()
-        self._jobs: dict[str, Job] = {}  # every job seen, by id (the page polls them)
+        self._jobs: dict[str, Job] = {}  # the jobs seen, by id (the page polls them): the last KEEP finished ones
         self._lock = threading.Condition()
         self._running: list[Job] = []
         self._progress = Progress()
@@ -130,6 +131,9 @@ class Engine:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting): retry later")
             self._queue.append(job)
             self._jobs[job.id] = job
+            finished = [key for key, seen in self._jobs.items() if seen.future.done()]
+            for key in finished[: max(0, len(finished) - KEEP)]:  # oldest first: dicts keep insertion order
+                del self._jobs[key]
             self._lock.notify()
         return job
 
