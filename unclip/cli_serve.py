@@ -23,6 +23,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=7860, help="TCP port")
     p.add_argument("--max-batch", type=positive_int, default=8, help="images per pipeline call, across requests")
     p.add_argument("--max-queue", type=positive_int, default=32, help="requests waiting; more get 429")
+    p.add_argument("--batch-wait", type=float, default=0.25, help="seconds to wait for more requests to fill a call")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (default: $UNCLIP_API_KEY)")
     p.add_argument("--cors", metavar="ORIGIN", default=None, help="allow browser pages from ORIGIN (default: none)")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="auto: fp16 on CUDA, fp32 on CPU")
@@ -51,7 +52,9 @@ def build(args):
         attention=args.attention, offload=args.offload, speedups="default", quiet=True,
     )  # fmt: skip
     pipe, out = load_pipeline(loading)
-    engine = Engine(pipe, out, max_batch=args.max_batch, max_queue=args.max_queue)
+    if args.batch_wait < 0:
+        raise UnclipError(f"--batch-wait must be ≥ 0 seconds, got {args.batch_wait}")
+    engine = Engine(pipe, out, max_batch=args.max_batch, max_queue=args.max_queue, batch_wait=args.batch_wait)
     key = args.api_key if args.api_key is not None else os.environ.get("UNCLIP_API_KEY") or None
     return engine, create_app(engine, model=args.model, api_key=key, cors=args.cors)
 

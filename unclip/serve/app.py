@@ -145,6 +145,7 @@ def create_app(engine: Engine, model: str = "model", api_key: str | None = None,
         pipe = engine.pipe
         return {
             "model": model, "sizes": sizes(pipe), "max_batch": engine.max_batch, "schedulers": list(SCHEDULERS),
+            "completed": engine.completed, "calls": engine.calls,
             "stages": {name: stage_settings(pipe, name) for name in pipe.plan(pipe.max_size).stages},
         }  # fmt: skip
 

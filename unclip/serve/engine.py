@@ -10,9 +10,12 @@
 
 Batching: the worker takes the oldest job, then every queued job it can run in the same pipeline call (same
 kind, size and settings: ``Job.key``), oldest first, while the images stay within ``max_batch``. A job is never
-split. Each image keeps its own seed (``seed + k`` of its job), so it is the same made alone or in a batch.
-Images and metadata go to ``out`` as `unclip generate` writes them (``unclip.outputs.save_images``: numbered,
-never overwritten, each PNG whole or absent).
+split. When the oldest job's call would not be full, the worker waits for more while they keep coming: until
+``batch_wait`` seconds pass without a new request (at most 10 × ``batch_wait`` in all). Requests sent together
+arrive over tens of milliseconds, and a call at 64 px takes seconds. Each image
+keeps its own seed (``seed + k`` of its job), so it is the same made alone or in a batch. Images and metadata
+go to ``out`` as `unclip generate` writes them (``unclip.outputs.save_images``: numbered, never overwritten,
+each PNG whole or absent).
 """
 
 from __future__ import annotations
@@ -104,13 +107,13 @@ class Progress:
 
 
 class Engine:
-    def __init__(self, pipe, out: Path, max_batch: int = 8, max_queue: int = 32):
+    def __init__(self, pipe, out: Path, max_batch: int = 8, max_queue: int = 32, batch_wait: float = 0.25):
         if max_batch < 1 or max_queue < 1:
             raise UnclipError(f"max_batch and max_queue must be at least 1, got {max_batch} and {max_queue}")
         from unclip.outputs import ensure_writable
 
         self.pipe, self.out = pipe, ensure_writable(Path(out))
-        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_batch, self.max_queue, self.batch_wait = max_batch, max_queue, batch_wait
         self._queue: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}  # the jobs seen, by id (the page polls them): the last KEEP finished ones
         self._lock = threading.Condition()
@@ -119,6 +122,8 @@ class Engine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.completed = 0  # images made, for the page and the benchmarks
+        self.calls = 0  # pipeline calls made (completed / calls: the mean batch)
+        self._last_submit = 0.0
         pipe.progress_bar = self._steps  # every stage's denoising loop reports here (and checks for cancels)
         # (an instance attribute over the class's method: ``stop`` removes it)
 
@@ -131,6 +136,7 @@ class Engine:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting): retry later")
             self._queue.append(job)
             self._jobs[job.id] = job
+            self._last_submit = time.monotonic()
             finished = [key for key, seen in self._jobs.items() if seen.future.done()]
             for key in finished[: max(0, len(finished) - KEEP)]:  # oldest first: dicts keep insertion order
                 del self._jobs[key]
@@ -202,6 +208,14 @@ class Engine:
         if self.pipe.__dict__.get("progress_bar") == self._steps:
             del self.pipe.progress_bar  # the pipeline's own progress bars again
 
+    def _fill(self) -> int:
+        """The images the oldest job's call would hold now (under the lock)."""
+        first, images = self._queue[0], 0
+        for job in self._queue:
+            if job.key == first.key and images + job.n <= self.max_batch:
+                images += job.n
+        return images
+
     def _next_batch(self) -> list[Job]:
         """The oldest job and the queued jobs of its key that fit beside it, oldest first (under the lock)."""
         first = self._queue.popleft()
@@ -218,6 +232,13 @@ class Engine:
             with self._lock:
                 while not self._queue and not self._stop:
                     self._lock.wait()
+                limit = time.monotonic() + 10 * self.batch_wait
+                while not self._stop and self._fill() < self.max_batch:
+                    quiet = self._last_submit + self.batch_wait  # submit() wakes the wait and moves this
+                    left = min(quiet, limit) - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(left)
                 if self._stop:
                     return
                 batch = [job for job in self._next_batch() if job.future.set_running_or_notify_cancel()]
@@ -233,6 +254,7 @@ class Engine:
     def _run(self, batch: list[Job]) -> None:
         from unclip.outputs import save_images
 
+        self.calls += 1
         try:
             result = self._call(batch)
         except Cancelled:

@@ -15,7 +15,7 @@ from unclip.serve.engine import Cancelled, Engine, Job
 from unclip.serve.requests import BadRequest
 
 FILE_NAME = re.compile(r"^\d{5}-\d+\.png$")  # what unclip.outputs.save_images writes, nothing else
-POLL = 0.1  # seconds between checks that a waiting client is still there
+POLL = 0.5  # seconds between checks that a waiting client is still there
 
 
 def error_response(request, status: int, message: str, kind: str, param: str | None = None):
