@@ -329,3 +329,18 @@ def test_serve_command_errors_are_one_line(tmp_path, capsys):
     assert main(["serve", "--port", "70000"]) == 2 and "--port must be 1-65535" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path / "nothing.yaml"), "--port", str(port)]) == 2  # free again
     assert "nothing.yaml" in capsys.readouterr().err
+
+
+def test_a_job_cancelled_while_the_worker_waits_for_company_leaves_the_worker_working(pipe, tmp_path):
+    import time
+
+    engine = Engine(pipe, tmp_path, max_batch=4, batch_wait=0.5).start()
+    try:
+        lonely = engine.submit(Job.generate(PROMPT, 1, 64, 0, settings=FAST))
+        time.sleep(0.1)  # the worker is waiting for more requests to fill the call
+        assert engine.cancel(lonely.id)
+        time.sleep(0.6)
+        after = engine.submit(Job.generate(PROMPT, 1, 64, 1, settings=FAST))
+        assert after.result(timeout=60)[0].metadata["seed"] == 1 and engine._thread.is_alive()
+    finally:
+        engine.stop()

@@ -233,7 +233,7 @@ class Engine:
                 while not self._queue and not self._stop:
                     self._lock.wait()
                 limit = time.monotonic() + 10 * self.batch_wait
-                while not self._stop and self._fill() < self.max_batch:
+                while not self._stop and self._queue and self._fill() < self.max_batch:
                     quiet = self._last_submit + self.batch_wait  # submit() wakes the wait and moves this
                     left = min(quiet, limit) - time.monotonic()
                     if left <= 0:
@@ -241,6 +241,8 @@ class Engine:
                     self._lock.wait(left)
                 if self._stop:
                     return
+                if not self._queue:  # cancelled while the worker waited for company
+                    continue
                 batch = [job for job in self._next_batch() if job.future.set_running_or_notify_cancel()]
                 self._running = batch
                 jobs, stages = [job.id for job in batch], self._stages(batch)
