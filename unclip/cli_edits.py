@@ -4,6 +4,8 @@
     unclip vary photo.png --invert --eta 0.3 --num-images 4                # faithful: DDIM inversion, then η
     unclip interpolate photo.png "a blue square on a red background" --frames 8 --gif
     unclip diff photo.png --from "a red circle" --to "a red square" --frames 5 --gif
+    unclip edit photo.png --mask mask.png "a large yellow circle in the bottom right on a blue background"
+    unclip edit photo.png --expand 32 "a red square on a blue background"   # outpainting
 
 An end of ``interpolate`` that is an existing file is an image; anything else is a prompt.
 """
@@ -13,7 +15,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unclip.cli_args import add_pipeline_args, flag_type, load_pipeline, positive_int, sampling_kwargs, save_result
+from unclip.cli_args import (
+    add_pipeline_args,
+    flag_type,
+    load_pipeline,
+    non_negative,
+    positive_int,
+    sampling_kwargs,
+    save_result,
+)
 from unclip.errors import UnclipError
 from unclip.plan import KEYWORDS
 
@@ -153,9 +163,58 @@ def run_diff(args) -> int:
     return 0
 
 
+def add_edit_args(p: argparse.ArgumentParser) -> None:
+    from unclip.masks import MASK_HELP
+
+    p.add_argument(
+        "image", help="a square PNG/JPEG (an RGBA PNG's transparent pixels are its mask if --mask is not given)"
+    )
+    p.add_argument("prompt", help="what the repainted region, and the picture as a whole, should show")
+    p.add_argument("--mask", help=f"a PNG of the image's size: {MASK_HELP}")
+    border = p.add_mutually_exclusive_group()
+    border.add_argument("--expand", type=non_negative, metavar="PIXELS",
+                        help="outpainting: add PIXELS of new canvas on every side and paint it")  # fmt: skip
+    border.add_argument("--pad", metavar="LEFT,TOP,RIGHT,BOTTOM", help="outpainting: the border to add, per side")
+    p.add_argument("--num-images", type=positive_int, default=1, help="edits of the picture, each its own seed")
+    p.add_argument("--negative-prompt", default=None, help='used in place of "" in the unguided branch')
+    p.add_argument("--image-weight", type=float, default=0.0,
+                   help="turn the prompt's image embedding towards the picture's own CLIP embedding (0-1)")  # fmt: skip
+    p.add_argument("--resample", type=positive_int, default=1,
+                   help="RePaint's resampling: each step this many times (ddim, ddpm or unclip)")  # fmt: skip
+    p.add_argument("--blend", type=positive_int, help="pixels of the seam inside the mask (default: size / 32)")
+    add_pipeline_args(p, "edit k of the run uses seed SEED + k")
+
+
+def run_edit(args) -> int:
+    import sys
+
+    from unclip.inpaint import check_edit_options
+    from unclip.masks import read_canvas
+
+    pad = args.pad if args.pad is not None else args.expand if args.expand else None
+    canvas = read_canvas(_image_file(args.image), args.mask, pad)  # every check of the input before the model loads
+    check_edit_options(args.image_weight, args.resample, args.blend)
+    if canvas.fraction == 0:
+        raise UnclipError("the mask marks nothing to repaint (it is all black): paint the region to change white")
+    if canvas.fraction == 1:
+        print("note: the mask covers the whole picture: this is plain generation from the prompt", file=sys.stderr)
+    pipe, out = load_pipeline(args, "decoder" if args.image_weight == 1 else "prior")
+    result = pipe.edit(canvas, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                       num_images_per_prompt=args.num_images, seed=args.seed, size=args.size,
+                       image_weight=args.image_weight, resample=args.resample, blend=args.blend,
+                       **_stage_kwargs(args))  # fmt: skip
+    save_result(out, result)
+    return 0
+
+
 # name → (help, add_args, run), registered in unclip.cli.COMMANDS
 COMMANDS = {
     "vary": ("image → variations of it (DALL·E 2 §3.1)", add_vary_args, run_vary),
     "interpolate": ("two images or prompts → the frames between them (§3.2)", add_interpolate_args, run_interpolate),
     "diff": ("an image and a change of caption → the image edited along it (§3.3)", add_diff_args, run_diff),
+    "edit": (
+        "an image, a mask and a prompt → the masked region repainted (inpainting, outpainting)",
+        add_edit_args,
+        run_edit,
+    ),  # fmt: skip
 }

@@ -8,8 +8,9 @@
 This file is the orchestration only. Each stage lives in ``unclip/stages/`` (its denoiser and its ``run``), its
 settings' names come from ``unclip.plan`` (the settings table × the stage registry), loading and saving from
 ``unclip.loading``, the one denoising loop from ``unclip.sampling``, the edits (DALL·E 2 §3) from
-``unclip.edits``. Stage names: ``prior``, ``decoder``, ``sr256`` (Karlo's 64→256 pair) and ``sr1024`` (the
-model config's ``upscaler``: the Stable Diffusion x4 latent upscaler, or a pixel-space upsampler).
+``unclip.edits``, inpainting and outpainting from ``unclip.inpaint``. Stage names: ``prior``, ``decoder``,
+``sr256`` (Karlo's 64→256 pair) and ``sr1024`` (the model config's ``upscaler``: the Stable Diffusion x4 latent
+upscaler, or a pixel-space upsampler).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from unclip.edits import EditsMixin
 from unclip.errors import UnclipError
 from unclip.guidance import uses_guidance
 from unclip.images import load_images
+from unclip.inpaint import InpaintMixin
 from unclip.loading import LAYOUTS, UPSCALER_PREFIX, load_components, save_layout
 from unclip.outputs import CascadeOutput, output
 from unclip.plan import KEYWORDS, Plan, check_count, check_keep, check_output_type, negatives_for, prompt_list, resolve
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["CascadeOutput", "UnCLIPCascade"]
 
 
-class UnCLIPCascade(DiffusionPipeline, EditsMixin):
+class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin):
     """The DALL·E 2-style cascade on Karlo's components, optionally followed by a 256→1024 upscaler: the x4
     latent upscaler (``upscaler_`` + unet, vae, text_encoder, tokenizer, scheduler, low_res_scheduler) or a
     pixel upsampler (``upscaler_unet``, ``upscaler_scheduler``; the x4-only components are None)."""

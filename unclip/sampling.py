@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import random
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import SchedulerMixin
@@ -19,6 +19,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from unclip.errors import UnclipError
 from unclip.guidance import Denoiser
 from unclip.schedulers import uses_learned_variance
+
+if TYPE_CHECKING:
+    from unclip.repaint import KnownRegion
 
 Progress = Callable[[Iterable, str], Iterable]
 
@@ -85,6 +88,7 @@ def sample(
     init: torch.Tensor | None = None,
     start: int = 0,
     host_timesteps: bool = True,
+    known: KnownRegion | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from x_T for ``num_steps`` steps of ``scheduler``; returns x_0.
 
@@ -94,7 +98,10 @@ def sample(
 
     ``host_timesteps``: the scheduler keeps its timesteps on the CPU, so its per-step branches and look-ups
     never wait for the device; the denoiser gets them from one copy on ``x_T``'s device. False: the
-    timesteps live on the device, as in the reference pipelines (a host sync at every ``t > 0``)."""
+    timesteps live on the device, as in the reference pipelines (a host sync at every ``t > 0``).
+
+    ``known``: an edit's known region (``unclip.repaint``): put back after every step (RePaint eq. 8), each step
+    taken ``known.resample`` times with a jump back between (eq. 9)."""
     scheduler.set_timesteps(num_steps, device="cpu" if host_timesteps else x_T.device)
     timesteps = scheduler.timesteps
     step_params = inspect.signature(scheduler.step).parameters
@@ -109,14 +116,22 @@ def sample(
     model_timesteps = timesteps.to(x.device, non_blocking=True)  # one copy, before the loop; the scheduler keeps
     # the CPU tensor alive, so the asynchronous copy may read it (and no host sync for it, even from pageable memory)
     keep_variance = uses_learned_variance(scheduler)
+    if known is not None:
+        known.check(scheduler, desc)
     for i, t in enumerate(progress(timesteps, desc) if progress else timesteps):
-        model_output = denoiser(scheduler.scale_model_input(x, t), model_timesteps[i], first + i)
-        if model_output.shape[1] != x.shape[1] and not keep_variance:
-            model_output = model_output[:, : x.shape[1]]  # drop the learned variance the sampler doesn't use
-        kwargs = dict(step_kwargs or {})
-        if "generator" in step_params:
-            kwargs["generator"] = generators
-        if "prev_timestep" in step_params:  # UnCLIPScheduler: spaced steps need the next timestep
-            kwargs["prev_timestep"] = timesteps[i + 1] if i + 1 < len(timesteps) else None
-        x = scheduler.step(model_output, t, x, **kwargs).prev_sample
+        t_next = timesteps[i + 1] if i + 1 < len(timesteps) else None
+        for r in range(known.resample if known is not None else 1):
+            if r:  # RePaint's resampling: back to x_t, and the step again
+                x = known.jump_back(x, known.alpha_bar(scheduler, t), known.alpha_bar(scheduler, t_next))
+            model_output = denoiser(scheduler.scale_model_input(x, t), model_timesteps[i], first + i)
+            if model_output.shape[1] != x.shape[1] and not keep_variance:
+                model_output = model_output[:, : x.shape[1]]  # drop the learned variance the sampler doesn't use
+            kwargs = dict(step_kwargs or {})
+            if "generator" in step_params:
+                kwargs["generator"] = generators
+            if "prev_timestep" in step_params:  # UnCLIPScheduler: spaced steps need the next timestep
+                kwargs["prev_timestep"] = t_next
+            x = scheduler.step(model_output, t, x, **kwargs).prev_sample
+            if known is not None:
+                x = known.replace(x, known.alpha_bar(scheduler, t_next))
     return x

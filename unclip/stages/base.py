@@ -19,6 +19,7 @@ from diffusers import SchedulerMixin, UnCLIPScheduler
 
 from unclip.errors import UnclipError
 from unclip.guidance import Denoiser, guided
+from unclip.repaint import Inpainting, KnownRegion
 from unclip.sampling import first_step, sample
 from unclip.schedulers import make_scheduler
 from unclip.settings import StageSettings
@@ -40,6 +41,7 @@ class StageInputs:
     decoder_noise: torch.Tensor | None = None  # the decoder's x_T (default: drawn from the generators)
     inverted: bool = False  # decoder_noise is a DDIM inversion, at the first timestep ≤ the decoder's start
     prior_samples: int = 1  # best-of-n prior (DALL·E 2 §2.2)
+    edit: Inpainting | None = None  # an inpainting or outpainting: every stage after the prior keeps its known region
 
 
 class Stage:
@@ -115,6 +117,12 @@ class Stage:
     def run(self, cascade: UnCLIPCascade, x: Any, inputs: StageInputs, s: StageSettings) -> torch.Tensor:
         """The stage's output from the previous stage's (None for the first)."""
         raise NotImplementedError
+
+    def known(self, inputs: StageInputs, size: int, like: torch.Tensor) -> KnownRegion | None:
+        """An edit's known region at ``size`` px (``unclip.repaint``) on ``like``'s device and dtype; else None."""
+        if inputs.edit is None:
+            return None
+        return inputs.edit.region(size, inputs.generators, self.name, like)
 
     def guided(self, cascade: UnCLIPCascade, denoiser: Denoiser, s: StageSettings, channels: int | None = None):
         """``denoiser`` under classifier-free guidance at ``s.guidance`` (itself when that is ≤ 1)."""

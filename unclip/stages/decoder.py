@@ -97,4 +97,5 @@ class Decoder(Stage):
             shape = (image_embeds.shape[0], config.in_channels, config.sample_size, config.sample_size)
             x_T = initial_noise(shape, inputs.generators, image_embeds.device, cascade.decoder.dtype)
         start = s.start if inputs.inverted else 0
-        return self.sample(cascade, denoiser, x_T, s, inputs.generators, start=start).clamp(-1, 1)
+        known = self.known(inputs, x_T.shape[-1], x_T)
+        return self.sample(cascade, denoiser, x_T, s, inputs.generators, start=start, known=known).clamp(-1, 1)

@@ -90,4 +90,5 @@ class PixelUpsampler(Upscaler):
         """256→1024 in pixel space from the 256 px image (clamped to [-1, 1])."""
         x_T, low_res = low_res_inputs(image.clamp(-1, 1), cascade.upscaler_unet, s, inputs.generators)
         denoiser = ConcatDenoiser(cascade.denoising_model("upscaler_unet"), low_res)
-        return self.sample(cascade, denoiser, x_T, s, inputs.generators, **sdedit(s, low_res))
+        known = self.known(inputs, x_T.shape[-1], x_T)
+        return self.sample(cascade, denoiser, x_T, s, inputs.generators, known=known, **sdedit(s, low_res))

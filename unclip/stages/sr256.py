@@ -46,4 +46,5 @@ class SuperRes256(Stage):
         x_T, low_res = low_res_inputs(image, cascade.super_res_first, s, inputs.generators)
         first, last = (cascade.denoising_model(name) for name in self.models)
         denoiser = SuperResDenoiser(first, last, low_res, s.steps)
-        return self.sample(cascade, denoiser, x_T, s, inputs.generators, **sdedit(s, low_res))
+        known = self.known(inputs, x_T.shape[-1], x_T)
+        return self.sample(cascade, denoiser, x_T, s, inputs.generators, known=known, **sdedit(s, low_res))

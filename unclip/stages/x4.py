@@ -73,11 +73,12 @@ class X4Upscaler(Upscaler):
             unet, torch.cat([low_res] * repeat), level.repeat(low_res.shape[0] * repeat), hidden
         )
         vae = cascade.upscaler_vae
-        x_T = initial_noise((image.shape[0], vae.config.latent_channels, *image.shape[2:]), inputs.generators,
-                            device, hidden.dtype)  # fmt: skip
-        latents = self.sample(cascade, self.guided(cascade, denoiser, s), x_T, s, inputs.generators)
         decode_dtype = vae_decode_dtype(cascade.speedups, hidden.dtype)  # never float16: the x4 VAE overflows in it
         if vae.dtype != decode_dtype:  # (nn.Module's own .to: ModelMixin's warns of fp32 modules this VAE lacks)
             torch.nn.Module.to(vae, decode_dtype)
+        x_T = initial_noise((image.shape[0], vae.config.latent_channels, *image.shape[2:]), inputs.generators,
+                            device, hidden.dtype)  # fmt: skip
+        known = None if inputs.edit is None else inputs.edit.latent_region(vae, inputs.generators, self.name, x_T)
+        latents = self.sample(cascade, self.guided(cascade, denoiser, s), x_T, s, inputs.generators, known=known)
         check_finite("sr1024 (latents)", latents)
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
