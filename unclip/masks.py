@@ -126,7 +126,12 @@ def read_mask(mask: MaskInput) -> torch.Tensor:
 
 
 def read_canvas(image, mask: MaskInput | None = None, pad=None) -> Canvas:
-    """The picture, its mask (given, or the picture's transparent pixels) and an outpainting border, checked."""
+    """The picture, its mask (given, or the picture's transparent pixels) and an outpainting border, checked.
+    ``image``: a file, a PIL image, an (H, W, 3 or 4) uint8 array, or a (3, H, W) tensor in [0, 1]."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise UnclipError(f"an image array must be (H, W, 3) or (H, W, 4) uint8, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise UnclipError(f"an image tensor must be (3, H, W) in [0, 1], got shape {tuple(image.shape)}")
