@@ -281,6 +281,55 @@ def test_a_call_takes_one_seed_per_image(pipe):
             pipe([PROMPT, PROMPT], seed=seeds, size=64, **FAST)
 
 
+def _scene_png(mask_alpha: bool = False) -> tuple[bytes, bytes]:
+    """A red square at the top left on blue, and a mask of its bottom-right quadrant (white, or transparent)."""
+    from unclip.demo.shapes import ANCHORS, Attributes, Scene, render
+
+    pixels = render(Scene(Attributes("square", "red", "blue", "large", "top left"), *ANCHORS["top left"], 0.08), 64)
+    mask = np.zeros((64, 64, 4), np.uint8) if mask_alpha else np.zeros((64, 64), np.uint8)
+    if mask_alpha:
+        mask[...] = 255
+        mask[32:, 32:, 3] = 0  # OpenAI's form: transparent = the region to edit
+    else:
+        mask[32:, 32:] = 255
+    files = []
+    for array in (pixels, mask):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    return files[0], files[1]
+
+
+def test_edits_repaint_the_masked_region(server):
+    client, _, out = server
+    picture, mask = _scene_png(mask_alpha=True)
+    fields = {"prompt": "a large yellow circle in the bottom right on a blue background", "n": "2", "size": "64x64",
+              "seed": "5", "resample": "1", **{k: str(v) for k, v in FAST.items()}}  # fmt: skip
+    files = {"image": ("scene.png", picture, "image/png"), "mask": ("mask.png", mask, "image/png")}
+    response = client.post("/v1/images/edits", files=files, data=fields)
+    assert response.status_code == 200, response.text
+    source = np.asarray(Image.open(io.BytesIO(picture)))
+    for item in response.json()["data"]:
+        edited = np.asarray(_png(item["b64_json"]).convert("RGB"))
+        assert np.array_equal(edited[:32], source[:32]) and not np.array_equal(edited[32:, 32:], source[32:, 32:])
+    meta = json.loads((out / "metadata.jsonl").read_text().splitlines()[0])
+    assert meta["edit"] == "inpaint" and meta["seed"] == 5 and meta["mask_fraction"] == 0.25
+
+    # bad input: 400 naming the part
+    def with_mask(side: int, grey: int):
+        buffer = io.BytesIO()
+        Image.new("L", (side, side), grey).save(buffer, format="PNG")
+        files = {"image": ("s.png", picture, "image/png"), "mask": ("m.png", buffer.getvalue(), "image/png")}
+        return client.post("/v1/images/edits", data=fields, files=files)
+
+    assert "marks nothing to repaint" in _error(with_mask(64, 0), 400, "mask")
+    assert "the mask is 32×32 but the image is 64×64" in _error(with_mask(32, 255), 400, "mask")
+    no_mask = client.post("/v1/images/edits", data=fields, files={"image": ("s.png", picture, "image/png")})
+    assert "nothing to repaint" in _error(no_mask, 400, "mask")
+    no_prompt = client.post("/v1/images/edits", data={**fields, "prompt": ""}, files=files)
+    assert "prompt" in _error(no_prompt, 400, "prompt")
+
+
 def test_the_official_openai_package_against_a_running_server(pipe, tmp_path):
     import socket
     import threading
@@ -308,6 +357,11 @@ def test_the_official_openai_package_against_a_running_server(pipe, tmp_path):
             varied = client.images.create_variation(image=source, n=1, size="64x64", response_format="url",
                                                     extra_body={"decoder_num_inference_steps": 3})  # fmt: skip
         assert varied.data[0].url.endswith(".png")
+        picture, mask = _scene_png()
+        edited = client.images.edit(image=("scene.png", picture, "image/png"), mask=("mask.png", mask, "image/png"),
+                                    prompt="a large yellow circle in the bottom right on a blue background",
+                                    size="64x64", extra_body={"seed": 2, **FAST})  # fmt: skip
+        assert _png(edited.data[0].b64_json).size == (64, 64)
         with pytest.raises(BadRequestError, match="not one this model makes"):
             client.images.generate(prompt=PROMPT, size="512x512")
     finally:

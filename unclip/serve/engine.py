@@ -57,17 +57,19 @@ KEEP = 256  # finished jobs (and their PNGs) kept for polling
 
 @dataclass
 class Job:
-    """One request: ``n`` images of one prompt (``generate``), of one picture's variations (``vary``), or the ``n``
-    frames of an interpolation between two pictures (``interpolate``: ``image`` is the pair)."""
+    """One request: ``n`` images of one prompt (``generate``), of one picture's variations (``vary``), the ``n``
+    frames of an interpolation between two pictures (``interpolate``: ``image`` is the pair), or ``n`` edits of a
+    picture (``edit``: ``image`` is a ``unclip.masks.Canvas``)."""
 
-    kind: str  # "generate", "vary" or "interpolate"
+    kind: str  # "generate", "vary", "interpolate" or "edit"
     n: int
     size: int
     seed: int
     prompt: str = ""
     negative_prompt: str = ""
-    image: Any = None  # vary: a PIL image; interpolate: two
+    image: Any = None  # vary: a PIL image; interpolate: two; edit: a Canvas
     settings: dict[str, Any] = field(default_factory=dict)  # pipeline keywords: per-stage settings, scheduler
+    options: dict[str, Any] = field(default_factory=dict)  # the kind's own keywords (edit: image_weight, ...)
     id: str = field(default_factory=lambda: f"job-{next(_ids)}")
     created: float = field(default_factory=time.time)
     future: Future = field(default_factory=Future, repr=False)
@@ -302,6 +304,10 @@ class Engine:
             return self.pipe.vary(
                 first.image, num_images_per_prompt=first.n, seed=first.seed, size=first.size, **first.settings
             )
+        if first.kind == "edit":
+            return self.pipe.edit(first.image, prompt=first.prompt, negative_prompt=first.negative_prompt or None,
+                                  num_images_per_prompt=first.n, seed=first.seed, size=first.size, **first.options,
+                                  **first.settings)  # fmt: skip
         if first.kind == "interpolate":
             start, end = first.image
             return self.pipe.interpolate(start, end, frames=first.n, seed=first.seed, size=first.size, **first.settings)

@@ -3,13 +3,17 @@
     client = openai.OpenAI(base_url="http://127.0.0.1:7860/v1", api_key="KEY")
     client.images.generate(prompt="a red circle on a blue background", n=2, size="256x256")
     client.images.create_variation(image=open("x.png", "rb"), n=1, size="256x256")
+    client.images.edit(image=open("x.png", "rb"), mask=open("mask.png", "rb"), prompt="a yellow circle", n=1)
     client.images.generate(prompt=..., extra_body={"seed": 0, "decoder_guidance_scale": 5})   # extra fields
 
-``POST /v1/images/generations`` (JSON) and ``/v1/images/variations`` (multipart): ``n`` 1-10, ``size`` "WxH" of a
+``POST /v1/images/generations`` (JSON), ``/v1/images/variations`` and ``/v1/images/edits`` (multipart; an edit's
+``mask`` is an RGBA PNG whose transparent pixels are the region, or white = repaint on black; without one, the
+image's own transparent pixels): ``n`` 1-10, ``size`` "WxH" of a
 size the model makes (default its largest), ``response_format`` ``b64_json`` (the default here) or ``url`` (a
 ``/files/NAME`` link to the saved PNG), ``model`` and ``user`` accepted and not used. Extra fields: ``seed``
 (image k of the request uses seed + k; absent or -1: random), ``negative_prompt``, ``scheduler`` and the
-per-stage keywords (``unclip.plan.KEYWORDS``: ``prior_guidance_scale``, ``decoder_num_inference_steps``, ...).
+per-stage keywords (``unclip.plan.KEYWORDS``: ``prior_guidance_scale``, ``decoder_num_inference_steps``, ...); an
+edit's ``image_weight``, ``resample`` and ``blend`` (``UnCLIPCascade.edit``).
 Errors are OpenAI's JSON: 400 for bad input, 401 for a missing or wrong key, 429 when the queue is full, 409
 when the request was cancelled.
 """
@@ -27,8 +31,9 @@ from unclip.serve.requests import BadRequest, check_plan, count, image_of, promp
 
 router = APIRouter(prefix="/v1/images")
 FORMATS = ("b64_json", "url")
-# form fields of a variation that are numbers (multipart sends text)
-_NUMBERS = ("n", "seed")
+# form fields that are numbers (multipart sends text)
+_NUMBERS = ("n", "seed", "resample", "blend")
+EDIT_OPTIONS = ("image_weight", "resample", "blend")
 
 
 @router.post("/generations")
@@ -51,20 +56,61 @@ async def generations(request: Request) -> Any:
 @router.post("/variations")
 async def variations(request: Request) -> Any:
     form = await request.form()
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-        raise BadRequest("image is required: a square PNG file (multipart/form-data)", "image")
-    image = image_of(await upload.read())
-    fields: dict[str, Any] = {k: v for k, v in form.items() if k != "image"}
-    for name in _NUMBERS:
-        if name in fields:
-            fields[name] = _number(fields[name], name)
-    fields.update({k: _number(v, k, float) for k, v in fields.items() if k.endswith(("_scale", "_eta"))})
-    fields.update({k: _number(v, k) for k, v in fields.items() if k.endswith(("_steps", "_level", "_start"))})
+    image = image_of(await _upload(form, "image", required=True))
+    fields = _fields(form)
     engine = request.app.state.engine
     job = Job("vary", count(fields.get("n", 1)), _size(fields, engine.pipe), seed_of(fields.get("seed")), image=image,
               settings=_settings(fields, engine.pipe, first_stage="decoder"))  # fmt: skip
     return await _respond(request, job, _format(fields))
+
+
+@router.post("/edits")
+async def edits(request: Request) -> Any:
+    from unclip.errors import UnclipError
+    from unclip.inpaint import check_edit_options
+    from unclip.masks import read_canvas
+
+    form = await request.form()
+    image = image_of(await _upload(form, "image", required=True), keep_alpha=True)
+    mask_bytes = await _upload(form, "mask")
+    mask = image_of(mask_bytes, "mask", keep_alpha=True) if mask_bytes is not None else None
+    fields = _fields(form)
+    options = {k: fields.pop(k) for k in EDIT_OPTIONS if k in fields}
+    try:
+        canvas = read_canvas(image, mask)
+        check_edit_options(options.get("image_weight", 0.0), options.get("resample", 1), options.get("blend"))
+    except UnclipError as err:
+        raise BadRequest(str(err), "mask" if "mask" in str(err) else "image") from None
+    if canvas.fraction == 0:
+        raise BadRequest("the mask marks nothing to repaint: make the region to edit transparent (or white)", "mask")
+    engine = request.app.state.engine
+    first = "decoder" if options.get("image_weight") == 1 else "prior"
+    job = Job("edit", count(fields.get("n", 1)), _size(fields, engine.pipe), seed_of(fields.get("seed")),
+              prompt=prompt_of(fields.get("prompt")), image=canvas, options=options,
+              negative_prompt=prompt_of(fields.get("negative_prompt"), "negative_prompt", required=False),
+              settings=_settings(fields, engine.pipe, first_stage=first))  # fmt: skip
+    return await _respond(request, job, _format(fields))
+
+
+async def _upload(form, name: str, required: bool = False) -> bytes | None:
+    """The bytes of the file field ``name`` of a multipart form (None when absent and not required)."""
+    upload = form.get(name)
+    if upload is None or isinstance(upload, str):
+        if required:
+            raise BadRequest(f"{name} is required: a square PNG file (multipart/form-data)", name)
+        return None
+    return await upload.read()
+
+
+def _fields(form) -> dict[str, Any]:
+    """A multipart form's text fields, the numbers among them as numbers."""
+    fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+    for name in _NUMBERS:
+        if name in fields:
+            fields[name] = _number(fields[name], name)
+    fields.update({k: _number(v, k, float) for k, v in fields.items() if k.endswith(("_scale", "_eta", "_weight"))})
+    fields.update({k: _number(v, k) for k, v in fields.items() if k.endswith(("_steps", "_level", "_start"))})
+    return fields
 
 
 def _size(body: dict[str, Any], pipe) -> int:

@@ -107,8 +107,9 @@ def without_prior(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in KEYWORDS or KEYWORDS[k].stage != "prior"}
 
 
-def image_of(data: bytes, param: str = "image"):
-    """Uploaded bytes → an RGB PIL image, at most ``MAX_UPLOAD`` bytes."""
+def image_of(data: bytes, param: str = "image", keep_alpha: bool = False):
+    """Uploaded bytes → an RGB PIL image (RGBA with ``keep_alpha`` when it has transparency: an edit's mask), at
+    most ``MAX_UPLOAD`` bytes."""
     from PIL import Image, UnidentifiedImageError
 
     if len(data) > MAX_UPLOAD:
@@ -118,6 +119,7 @@ def image_of(data: bytes, param: str = "image"):
     try:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()
-            return opened.convert("RGB")
+            transparent = opened.mode in ("RGBA", "LA", "PA") or "transparency" in opened.info
+            return opened.convert("RGBA" if keep_alpha and transparent else "RGB")
     except (UnidentifiedImageError, OSError, ValueError):
         raise BadRequest(f"{param} is not an image PIL can read: upload a PNG", param) from None
