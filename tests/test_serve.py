@@ -330,6 +330,25 @@ def test_edits_repaint_the_masked_region(server):
     assert "prompt" in _error(no_prompt, 400, "prompt")
 
 
+def test_a_failing_model_is_500_in_error_json_and_links_out_of_the_folder_are_not_served(server, monkeypatch):
+    client, engine, out = server
+
+    def fail(self, batch):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Engine, "_call", fail)
+    body = {"prompt": PROMPT, "size": "64x64", **FAST}
+    for route, key in (("/v1/images/generations", "error"), ("/sdapi/v1/txt2img", "detail")):
+        response = client.post(route, json=body)
+        assert response.status_code == 500 and "generation failed: RuntimeError: out of memory" in response.text
+        assert response.json()["error"]["type"] == "server_error" and key in response.json()
+    outside = out.parent / "secret.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    out.mkdir(exist_ok=True)
+    (out / "00099-1.png").symlink_to(outside)
+    assert client.get("/files/00099-1.png").status_code == 404
+
+
 def test_the_official_openai_package_against_a_running_server(pipe, tmp_path):
     import socket
     import threading

@@ -46,14 +46,15 @@ def image_generators(seed: int | list[int] | None, generator, batch: int) -> tup
         seed = random.randrange(2**31)
     if isinstance(seed, list) and len(seed) != batch:
         raise UnclipError(f"got {len(seed)} seeds for {batch} images: give one per image, or one for the call")
-    seeds = seed if isinstance(seed, list) else [seed + k for k in range(batch)] if _whole(seed) else [seed]
+    seeds = seed if isinstance(seed, list) else [seed + k for k in range(batch)] if whole_number(seed) else [seed]
     for value in seeds:
-        if not _whole(value):
+        if not whole_number(value):
             raise UnclipError(f"seed must be a whole number ≥ 0, got {value!r}")
     return [torch.Generator("cpu").manual_seed(s) for s in seeds], list(seeds)
 
 
-def _whole(value: Any) -> bool:
+def whole_number(value: Any) -> bool:
+    """What a seed may be: an int ≥ 0 (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

@@ -34,7 +34,7 @@ SAMPLERS: dict[str, str] = {"DDIM": "ddim", "DPM++ 2M": "dpmpp", "DDPM": "ddpm"}
 
 @router.post("/txt2img")
 async def txt2img(request: Request) -> Any:
-    from unclip.serve.http import error_response, json_body, wait_for
+    from unclip.serve.http import json_body, results
 
     body = await json_body(request)
     engine = request.app.state.engine
@@ -62,19 +62,11 @@ async def txt2img(request: Request) -> Any:
     )  # fmt: skip
     engine.submit(job)
     try:
-        images = await wait_for(job, request, engine)
+        images = await results(job, request, engine)
     except Cancelled:  # A1111 answers an interrupted request with what it made: nothing here
         info = {"prompt": job.prompt, "all_prompts": [], "seed": job.seed, "all_seeds": [], "infotexts": []}
         info["interrupted"] = True
         return {"images": [], "parameters": body, "info": json.dumps(info)}
-    except BadRequest:
-        raise
-    except Exception as err:
-        from unclip.errors import UnclipError
-
-        if isinstance(err, UnclipError):
-            raise BadRequest(str(err)) from None
-        return error_response(request, 500, f"generation failed: {type(err).__name__}: {err}", "server_error")
     return {
         "images": [base64.b64encode(image.png).decode() for image in images],
         "parameters": body,

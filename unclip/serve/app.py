@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 
 from unclip.errors import UnclipError
 from unclip.serve.engine import Cancelled, Engine, Job, QueueFull
-from unclip.serve.http import FILE_NAME, describe, error_response, json_body, load_result, result_path
+from unclip.serve.http import FILE_NAME, GenerationFailed, describe, error_response, json_body, load_result, result_path
 from unclip.serve.requests import BadRequest, count, prompt_of, seed_of, settings_of, size_of
 
 STATIC = Path(__file__).parent / "static"
@@ -71,6 +71,10 @@ def create_app(engine: Engine, model: str = "model", api_key: str | None = None,
     @app.exception_handler(UnclipError)
     async def refused(request: Request, err: UnclipError):  # e.g. n over --max-batch
         return error_response(request, 400, str(err), "invalid_request_error")
+
+    @app.exception_handler(GenerationFailed)
+    async def failed(request: Request, err: GenerationFailed):  # the model failed on a good request
+        return error_response(request, 500, str(err), "server_error")
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, err: NotFound):

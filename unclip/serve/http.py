@@ -1,6 +1,6 @@
 """What every route of `unclip serve` shares: the error JSON, the JSON body, waiting for a job, the result files.
 
-from unclip.serve.http import error_response, json_body, wait_for, result_path
+from unclip.serve.http import error_response, json_body, results, result_path
 """
 
 from __future__ import annotations
@@ -51,12 +51,30 @@ async def wait_for(job: Job, request, engine: Engine) -> list:
             raise Cancelled(f"{job.id}: the client went away")
 
 
+class GenerationFailed(Exception):
+    """The model failed on a request that passed every check: the app answers 500 with the cause."""
+
+
+async def results(job: Job, request, engine: Engine) -> list:
+    """``wait_for``, the job's failure raised as the app answers it: Cancelled, BadRequest and UnclipError (400)
+    as they are, anything else as GenerationFailed (500)."""
+    from unclip.errors import UnclipError
+
+    try:
+        return await wait_for(job, request, engine)
+    except (Cancelled, BadRequest, UnclipError):
+        raise
+    except Exception as err:
+        raise GenerationFailed(f"generation failed: {type(err).__name__}: {err}") from err
+
+
 def result_path(out: Path, name: str) -> Path:
-    """A file of the output folder by name alone: ``NNNNN-SEED.png`` directly in it, nothing else (404)."""
+    """A file of the output folder by name alone: ``NNNNN-SEED.png`` directly in it, nothing else (404); the file
+    itself is resolved, so a link in the folder that points out of it is refused too."""
     from fastapi import HTTPException
 
     path = out / name
-    if not FILE_NAME.match(name) or path.parent.resolve() != out.resolve() or not path.is_file():
+    if not FILE_NAME.match(name) or path.resolve().parent != out.resolve() or not path.is_file():
         raise HTTPException(status_code=404, detail=f"no result {name}")
     return path
 

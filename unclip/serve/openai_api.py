@@ -138,22 +138,14 @@ def _number(text: Any, name: str, kind: type = int) -> Any:
 
 
 async def _respond(request: Request, job: Job, response_format: str) -> Any:
-    from unclip.serve.http import error_response, wait_for
+    from unclip.serve.http import error_response, results
 
     engine = request.app.state.engine
     engine.submit(job)
     try:
-        images = await wait_for(job, request, engine)
+        images = await results(job, request, engine)
     except Cancelled as err:
         return error_response(request, 409, f"the request was cancelled ({err})", "cancelled")
-    except BadRequest:
-        raise
-    except Exception as err:  # the pipeline refused it (an UnclipError names the fix) or failed
-        from unclip.errors import UnclipError
-
-        if isinstance(err, UnclipError):
-            raise BadRequest(str(err)) from None
-        return error_response(request, 500, f"generation failed: {type(err).__name__}: {err}", "server_error")
     data = []
     for image in images:
         if response_format == "url":

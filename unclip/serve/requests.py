@@ -61,9 +61,11 @@ def count(value: Any, param: str = "n", limit: int = MAX_IMAGES) -> int:
 
 def seed_of(value: Any, param: str = "seed") -> int:
     """A seed ≥ 0; None or −1: a random one (said back in the response)."""
+    from unclip.sampling import whole_number
+
     if value is None or value == -1:
         return random.randrange(2**31)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not whole_number(value):
         raise BadRequest(f"{param} must be a whole number ≥ 0 (or -1 for a random one), got {value!r}", param)
     return value
 
