@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "unclip"
-CLI = {"unclip.cli", "unclip.cli_args", "unclip.cli_edits", "unclip.cli_serve"}
+CLI = {"unclip.cli", "unclip.cli_args", "unclip.cli_edits", "unclip.cli_metrics", "unclip.cli_serve"}
 
 
 def module_name(path: Path) -> str:

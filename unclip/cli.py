@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from unclip import cli_edits, cli_serve
+from unclip import cli_edits, cli_metrics, cli_serve
 from unclip.cli_args import (
     DTYPES,
     Formatter,
@@ -249,6 +249,7 @@ DATA_COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 }
 EVAL_COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "shapes": ("generate the shapes prompts and score them from pixels", add_eval_shapes_args, run_eval_shapes),
+    **cli_metrics.COMMANDS,
 }
 
 
@@ -272,7 +273,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     **cli_edits.COMMANDS,
     "embed": ("precompute the CLIP image embeddings of a training dataset", add_embed_args, run_embed),
     "data": ("write a training dataset: shapes", *_group(DATA_COMMANDS, "dataset")),
-    "eval": ("score a model on a benchmark: shapes", *_group(EVAL_COMMANDS, "benchmark")),
+    "eval": ("score a model or folders: shapes, clip-score, fd", *_group(EVAL_COMMANDS, "benchmark")),
     **cli_serve.COMMANDS,
 }
 
