@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient  # the dev extra has the serve extra and httpx
 from PIL import Image
 
-fastapi = pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from unclip import UnCLIPCascade  # noqa: E402
-from unclip.serve.app import create_app  # noqa: E402
-from unclip.serve.engine import Cancelled, Engine, Job, QueueFull  # noqa: E402
+from unclip import UnCLIPCascade
+from unclip.serve.app import create_app
+from unclip.serve.engine import Cancelled, Engine, Job, QueueFull
 
 FAST = {"prior_num_inference_steps": 3, "decoder_num_inference_steps": 3}
 PROMPT = "a large red circle in the top left on a blue background"

@@ -12,11 +12,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
+import httpx
 from PIL import Image
-
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("fastapi")
 
 FAST = {"prior_num_inference_steps": 4, "decoder_num_inference_steps": 4}
 PROMPT = "a small red triangle in the bottom left on a white background"

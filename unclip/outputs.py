@@ -107,11 +107,11 @@ def save_images(folder: Path, images: list[Image.Image], metadata: list[dict[str
         info = PngInfo()
         info.add_text("parameters", a1111_parameters(meta))
         partial = folder / f"{PARTIAL}{secrets.token_hex(8)}.png"
-        with open(partial, "xb") as handle:  # the umask's permissions, as any other output
-            image.save(handle, format="PNG", pnginfo=info)
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
+            with open(partial, "xb") as handle:  # the umask's permissions, as any other output
+                image.save(handle, format="PNG", pnginfo=info)
+                handle.flush()
+                os.fsync(handle.fileno())
             while True:
                 path = folder / f"{number:05d}-{meta['seed']}.png"
                 number += 1

@@ -28,7 +28,16 @@ from fastapi.staticfiles import StaticFiles
 from unclip.errors import UnclipError
 from unclip.serve.engine import Cancelled, Engine, Job, QueueFull
 from unclip.serve.http import FILE_NAME, GenerationFailed, describe, error_response, json_body, load_result, result_path
-from unclip.serve.requests import BadRequest, count, prompt_of, seed_of, settings_of, size_of
+from unclip.serve.requests import (
+    BadRequest,
+    check_plan,
+    count,
+    prompt_of,
+    seed_of,
+    settings_of,
+    size_of,
+    without_prior,
+)
 
 STATIC = Path(__file__).parent / "static"
 
@@ -93,8 +102,6 @@ def create_app(engine: Engine, model: str = "model", api_key: str | None = None,
         body = await json_body(request)
         pipe = engine.pipe
         size = size_of(body.get("size", f"{pipe.max_size}x{pipe.max_size}"), pipe)
-        from unclip.serve.requests import check_plan, without_prior
-
         settings = settings_of(body.get("settings") or {}, pipe)
         source, ends = body.get("variation_of"), body.get("interpolate")
         if source is not None or ends is not None:  # the page sends every stage's fields; these run no prior

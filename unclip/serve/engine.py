@@ -210,23 +210,24 @@ class Engine:
         if self.pipe.__dict__.get("progress_bar") == self._steps:
             del self.pipe.progress_bar  # the pipeline's own progress bars again
 
-    def _fill(self) -> int:
-        """The images the oldest job's call would hold now (under the lock)."""
-        first, images = self._queue[0], 0
+    def _compatible(self) -> list[Job]:
+        """The oldest job and the queued jobs of its key that fit beside it, oldest first (under the lock)."""
+        first, batch, images = self._queue[0], [], 0
         for job in self._queue:
             if job.key == first.key and images + job.n <= self.max_batch:
-                images += job.n
-        return images
-
-    def _next_batch(self) -> list[Job]:
-        """The oldest job and the queued jobs of its key that fit beside it, oldest first (under the lock)."""
-        first = self._queue.popleft()
-        batch, images = [first], first.n
-        for job in list(self._queue):
-            if job.key == first.key and images + job.n <= self.max_batch:
-                self._queue.remove(job)
                 batch.append(job)
                 images += job.n
+        return batch
+
+    def _fill(self) -> int:
+        """The images the oldest job's call would hold now (under the lock)."""
+        return sum(job.n for job in self._compatible())
+
+    def _next_batch(self) -> list[Job]:
+        """Take ``_compatible`` out of the queue (under the lock)."""
+        batch = self._compatible()
+        for job in batch:
+            self._queue.remove(job)
         return batch
 
     def _work(self) -> None:
