@@ -104,9 +104,12 @@ class Inpainting:
 
     def latent_region(self, vae, generators, stage: str, like: torch.Tensor) -> KnownRegion:
         """The known region in a VAE's latent space (the x4 upscaler): the source's encoding (the mean of its
-        latent distribution, times the VAE's scaling factor), the mask pooled to the latents' size."""
-        source = self.source.to(vae.device, vae.dtype)
+        latent distribution, times the VAE's scaling factor), the mask pooled to the latents' size. One picture
+        repeated for every image of the call (an expanded view) is encoded once."""
+        shared = self.source.stride(0) == 0 and self.source.shape[0] > 1
+        source = (self.source[:1] if shared else self.source).to(vae.device, vae.dtype)
         latents = vae.encode(source).latent_dist.mean * vae.config.scaling_factor
+        latents = latents.expand(self.source.shape[0], -1, -1, -1) if shared else latents
         mask = F.adaptive_max_pool2d(self.mask.float(), latents.shape[-1])
         return self._known(latents, mask, generators, stage, like)
 
