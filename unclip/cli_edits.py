@@ -188,17 +188,16 @@ def add_edit_args(p: argparse.ArgumentParser) -> None:
 def run_edit(args) -> int:
     import sys
 
-    from unclip.inpaint import check_edit_options
+    from unclip.inpaint import check_edit_options, first_stage
     from unclip.masks import read_canvas
 
     pad = args.pad if args.pad is not None else args.expand if args.expand else None
     canvas = read_canvas(_image_file(args.image), args.mask, pad)  # every check of the input before the model loads
     check_edit_options(args.image_weight, args.resample, args.blend)
-    if canvas.fraction == 0:
-        raise UnclipError("the mask marks nothing to repaint (it is all black): paint the region to change white")
+    canvas.check_region()
     if canvas.fraction == 1:
         print("note: the mask covers the whole picture: this is plain generation from the prompt", file=sys.stderr)
-    pipe, out = load_pipeline(args, "decoder" if args.image_weight == 1 else "prior")
+    pipe, out = load_pipeline(args, first_stage(args.image_weight))
     result = pipe.edit(canvas, prompt=args.prompt, negative_prompt=args.negative_prompt,
                        num_images_per_prompt=args.num_images, seed=args.seed, size=args.size,
                        image_weight=args.image_weight, resample=args.resample, blend=args.blend,

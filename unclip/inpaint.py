@@ -39,6 +39,11 @@ def check_edit_options(image_weight: float, resample: int, blend: int | None) ->
         raise UnclipError(f"blend must be a whole number of pixels ≥ 1, got {blend!r}")
 
 
+def first_stage(image_weight: float) -> str:
+    """Where an edit starts: the prior, unless z_i is the picture's own embedding alone (``image_weight`` 1)."""
+    return "decoder" if image_weight == 1 else "prior"
+
+
 class InpaintMixin:
     """``edit`` for ``UnCLIPCascade``."""
 
@@ -87,7 +92,8 @@ class InpaintMixin:
         canvas = image if isinstance(image, Canvas) else read_canvas(image, mask, pad)
         if canvas.fraction == 0:
             warnings.warn("the mask repaints nothing: the edit gives the picture back", stacklevel=2)
-        plan = self.plan(size, scheduler, stage_args, first_stage="decoder" if image_weight == 1 else "prior")
+        plan = self.plan(size, scheduler, stage_args, first_stage=first_stage(image_weight))
+        blend = blend or max(plan.size // 32, 1)
         batch = num_images_per_prompt
         source, region = canvas.at(plan.size)
         generators, seeds = image_generators(seed, generator, batch)
@@ -101,9 +107,9 @@ class InpaintMixin:
             z_own = check_embedding("image encoder", self.encode_image(canvas.rgb)).expand(batch, -1)
             z_i = z_own if z_i is None else slerp(check_embedding("prior", z_i), z_own, image_weight)
         x = self.decode(z_i, inputs, plan)
-        x = composite(x, source, region, blend or max(plan.size // 32, 1))
+        x = composite(x, source, region, blend)
         shared = self.metadata(plan)
-        options = {"image_weight": image_weight, "resample": resample, "blend": blend or max(plan.size // 32, 1)}
+        options = {"image_weight": image_weight, "resample": resample, "blend": blend}
         metadata = [
             {"prompt": prompt, "negative_prompt": negatives[k], "seed": seeds[k], "index": k, **canvas.describe(),
              **options, **shared}

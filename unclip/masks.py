@@ -44,6 +44,12 @@ class Canvas:
         """The share of the picture the edit repaints."""
         return float(self.mask.float().mean())
 
+    def check_region(self) -> None:
+        """Refuse a mask that marks nothing: the edit would give the picture back (what `unclip edit` and the server
+        refuse; ``pipe.edit`` only warns)."""
+        if self.fraction == 0:
+            raise UnclipError("the mask marks nothing to repaint: paint the region to change white (or transparent)")
+
     def mask_sha256(self) -> str:
         """A hash of the mask as used (its bits and its size), to tell edits apart in the metadata."""
         bits = np.packbits(self.mask.numpy().astype(np.uint8))

@@ -67,7 +67,7 @@ async def variations(request: Request) -> Any:
 @router.post("/edits")
 async def edits(request: Request) -> Any:
     from unclip.errors import UnclipError
-    from unclip.inpaint import check_edit_options
+    from unclip.inpaint import check_edit_options, first_stage
     from unclip.masks import read_canvas
 
     form = await request.form()
@@ -79,12 +79,11 @@ async def edits(request: Request) -> Any:
     try:
         canvas = read_canvas(image, mask)
         check_edit_options(options.get("image_weight", 0.0), options.get("resample", 1), options.get("blend"))
+        canvas.check_region()
     except UnclipError as err:
         raise BadRequest(str(err), "mask" if "mask" in str(err) else "image") from None
-    if canvas.fraction == 0:
-        raise BadRequest("the mask marks nothing to repaint: make the region to edit transparent (or white)", "mask")
     engine = request.app.state.engine
-    first = "decoder" if options.get("image_weight") == 1 else "prior"
+    first = first_stage(options.get("image_weight", 0.0))
     job = Job("edit", count(fields.get("n", 1)), _size(fields, engine.pipe), seed_of(fields.get("seed")),
               prompt=prompt_of(fields.get("prompt")), image=canvas, options=options,
               negative_prompt=prompt_of(fields.get("negative_prompt"), "negative_prompt", required=False),
