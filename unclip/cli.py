@@ -273,7 +273,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     **cli_edits.COMMANDS,
     "embed": ("precompute the CLIP image embeddings of a training dataset", add_embed_args, run_embed),
     "data": ("write a training dataset: shapes", *_group(DATA_COMMANDS, "dataset")),
-    "eval": ("score a model or folders: shapes, clip-score, fd", *_group(EVAL_COMMANDS, "benchmark")),
+    "eval": ("score a model or folders: shapes, clip-score, fd, coco", *_group(EVAL_COMMANDS, "benchmark")),
     **cli_serve.COMMANDS,
 }
 

@@ -3,28 +3,30 @@
     from unclip.metrics import clip_towers, clip_score, frechet_distance, read_folder
     towers = clip_towers("demo")                         # a model's own CLIP (text encoder + image tower), or
     towers = clip_towers("openclip:ViT-B-32/weights.safetensors")  # a CLIP by name (hf:ID_OR_FOLDER too)
-    images = read_folder("outputs/")                     # the images and their prompts (metadata.jsonl)
-    clip_score(towers, images.pictures, images.prompts)  # {"clip_score": 0.31, "clip_score_x100": 31.0, "n": 8}
-    frechet_distance(towers.image, real, fake)           # {"fd": 12.3, "n_real": .., "n_fake": .., ...}
+    images = read_folder("outputs/", need_prompts=True)  # the files and their prompts (metadata.jsonl)
+    clip_score(towers, images.pairs())                   # {"clip_score": 0.31, "clip_score_x100": 31.0, "n": 8}
+    frechet_distance("demo", real.pictures(), fake.pictures())  # {"fd": 12.3, "n_real": .., "n_fake": .., ...}
 
 CLIP score (Hessel et al. 2021, as torchmetrics' ``CLIPScore`` computes it): max(100 · the mean over images of
 cos(image, its prompt), 0), ``clip_score_x100``; ``clip_score`` is it / 100, the mean cosine similarity. Fréchet
 distance (Heusel et al. 2017, torchmetrics' ``FrechetInceptionDistance`` on a custom feature extractor): ‖μ_r − μ_f‖² +
 Tr(Σ_r + Σ_f − 2 (Σ_r Σ_f)^½) of the two sets' features; the standard FID on Inception-v3's pool features with
 ``inception:PATH`` (the weights file torch-fidelity uses, ``pt_inception-2015-12-05``; needs the ``eval`` extra).
+Both are computed by the calling process alone (``sync_on_compute=False``): under accelerate the main process scores
+while the others wait, as training validation and ``unclip eval coco`` do.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unclip.errors import UnclipError
 
@@ -65,10 +67,15 @@ def clip_towers(name: str, device: str | torch.device = "cpu") -> ClipTowers:
         return _transformers_towers(name, device)
     from unclip.pipeline import UnCLIPCascade
 
-    pipe = UnCLIPCascade.from_pretrained(name).to(device)
+    return cascade_towers(UnCLIPCascade.from_pretrained(name).to(device), f"model {name}")
+
+
+def cascade_towers(pipe, name: str) -> ClipTowers:
+    """A loaded cascade's own CLIP: its text encoder's z_t and its CLIP image tower's z_i (the space the prior maps
+    between); ``UnclipError`` when the model has no image tower."""
     encoder = pipe.clip_image_encoder()
     return ClipTowers(
-        f"model {name}",
+        name,
         lambda x: encoder(x * 2 - 1),
         lambda texts: pipe.encode_text(texts).prompt_embeds().float(),
         encoder.dim,
@@ -106,19 +113,43 @@ def _transformers_towers(name: str, device) -> ClipTowers:
 # --------------------------------------------------------------------------------------------- folders
 @dataclass
 class Folder:
-    """The readable images of a folder (each (3, H, W) in [0, 1]), their file names and prompts, and what was not
-    readable."""
+    """Image files and their prompts, read one at a time (30,000 pictures never sit in memory together): each
+    picture (3, H, W) in [0, 1], center-cropped and resized to ``size`` when given; a file that cannot be read is
+    skipped and its name added to ``skipped``."""
 
-    pictures: list[torch.Tensor] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)
+    files: list[Path]
+    prompts: list[str] = field(default_factory=list)  # one per file, or none
+    size: int | None = None
     skipped: list[str] = field(default_factory=list)
+
+    def _read(self, path: Path) -> torch.Tensor | None:
+        try:
+            with Image.open(path) as opened:
+                picture = opened.convert("RGB")
+                if self.size is not None and picture.size != (self.size, self.size):
+                    picture = ImageOps.fit(picture, (self.size, self.size), Image.Resampling.BICUBIC)
+                array = np.asarray(picture, dtype=np.float32) / 255
+        except (UnidentifiedImageError, OSError):
+            self.skipped.append(path.name)
+            return None
+        return torch.from_numpy(array).permute(2, 0, 1)
+
+    def pictures(self) -> Iterator[torch.Tensor]:
+        for path in self.files:
+            if (picture := self._read(path)) is not None:
+                yield picture
+
+    def pairs(self) -> Iterator[tuple[torch.Tensor, str]]:
+        """(picture, its prompt) of every readable file."""
+        for path, prompt in zip(self.files, self.prompts, strict=True):
+            if (picture := self._read(path)) is not None:
+                yield picture, prompt
 
 
 def read_folder(folder: Path, prompts: Path | None = None, need_prompts: bool = False) -> Folder:
     """The images directly in ``folder`` (sorted by name); their prompts from ``prompts`` (one a line, in the same
-    order) or the folder's ``metadata.jsonl`` (``prompt`` or ``text`` by ``file_name``). An unreadable image is
-    skipped and counted; with ``need_prompts`` an image without a prompt is an error naming the fix."""
+    order) or the folder's ``metadata.jsonl`` (``prompt`` or ``text`` by ``file_name``). With ``need_prompts`` an
+    image without a prompt is an error naming the fix."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UnclipError(f"{folder} is not a folder of images: give a folder")
@@ -126,21 +157,7 @@ def read_folder(folder: Path, prompts: Path | None = None, need_prompts: bool = 
     if not files:
         raise UnclipError(f"{folder} has no images ({', '.join(SUFFIXES)}): give a folder with some")
     texts = _prompts(folder, files, prompts) if need_prompts else {}
-    out = Folder()
-    for path in files:
-        try:
-            with Image.open(path) as opened:
-                array = np.asarray(opened.convert("RGB"), dtype=np.float32) / 255
-        except (UnidentifiedImageError, OSError):
-            out.skipped.append(path.name)
-            continue
-        out.pictures.append(torch.from_numpy(array).permute(2, 0, 1))
-        out.names.append(path.name)
-        if need_prompts:
-            out.prompts.append(texts[path.name])
-    if not out.pictures:
-        raise UnclipError(f"no image of {folder} could be read ({len(out.skipped)} tried): give PNG or JPEG files")
-    return out
+    return Folder(files, [texts[path.name] for path in files] if need_prompts else [])
 
 
 def _prompts(folder: Path, files: list[Path], prompts: Path | None) -> dict[str, str]:
@@ -165,15 +182,24 @@ def _prompts(folder: Path, files: list[Path], prompts: Path | None) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def _batches(pictures: list[torch.Tensor], size: int = 32):
-    """Batches of pictures, each resized to the first's size when sizes differ (the towers resize anyway)."""
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _stack(pictures: list[torch.Tensor]) -> torch.Tensor:
+    """One batch, each picture resized to the first's size when sizes differ (the towers resize anyway)."""
     import torch.nn.functional as F
 
-    for start in range(0, len(pictures), size):
-        chunk = pictures[start : start + size]
-        side = chunk[0].shape[-2:]
-        yield torch.stack([p if p.shape[-2:] == side else F.interpolate(p[None], size=list(side), mode="bicubic",
-                                                                        antialias=True)[0] for p in chunk])  # fmt: skip
+    side = pictures[0].shape[-2:]
+    return torch.stack([p if p.shape[-2:] == side else F.interpolate(p[None], size=list(side), mode="bicubic",
+                                                                     antialias=True)[0] for p in pictures])  # fmt: skip
 
 
 class _Model(torch.nn.Module):
@@ -202,25 +228,27 @@ class _Processor:
 
     def __call__(self, images=None, text=None, **_):
         if images is not None:
-            return {"pixel_values": next(_batches([i.float() / 255 for i in images], len(images)))}
+            return {"pixel_values": _stack([i.float() / 255 for i in images])}
         self.model._texts = list(text)
         rows = torch.arange(len(text))[:, None]
         return {"input_ids": rows, "attention_mask": torch.ones_like(rows)}
 
 
 @torch.no_grad()
-def clip_score(towers: ClipTowers, pictures: list[torch.Tensor], prompts: list[str], batch: int = 32) -> dict:
-    """torchmetrics' CLIPScore of each picture against its prompt, over all of them."""
+def clip_score(towers: ClipTowers, pairs: Iterable[tuple[torch.Tensor, str]], batch: int = 32) -> dict:
+    """torchmetrics' CLIPScore of each (picture, prompt) pair, over all of them."""
     from torchmetrics.multimodal.clip_score import CLIPScore
 
     model = _Model(towers)
-    metric = CLIPScore(model_name_or_path=lambda: (model, _Processor(model)))
-    for start in range(0, len(pictures), batch):
-        chunk = [(p * 255).round().to(torch.uint8) for p in pictures[start : start + batch]]
-        metric.update(chunk, prompts[start : start + batch])
+    metric = CLIPScore(model_name_or_path=lambda: (model, _Processor(model)), sync_on_compute=False)
+    n = 0
+    for chunk in _chunks(pairs, batch):
+        metric.update([(p * 255).round().to(torch.uint8) for p, _ in chunk], [text for _, text in chunk])
+        n += len(chunk)
+    if not n:
+        raise UnclipError("no image could be read: give PNG or JPEG files")
     score = float(metric.compute())
-    return {"clip_score": round(score / 100, 4), "clip_score_x100": round(score, 2), "n": len(pictures),
-            "clip": towers.name}  # fmt: skip
+    return {"clip_score": round(score / 100, 4), "clip_score_x100": round(score, 2), "n": n, "clip": towers.name}
 
 
 class _Features(torch.nn.Module):
@@ -234,8 +262,12 @@ class _Features(torch.nn.Module):
         return self.encode(x).double()
 
 
-def feature_extractor(name: str, device="cpu") -> tuple[torch.nn.Module | int, str, dict]:
-    """FrechetInceptionDistance's ``feature`` for ``--features NAME``, its description and keyword arguments."""
+def feature_extractor(features: str | ClipTowers, device="cpu") -> tuple[torch.nn.Module | int, str, dict]:
+    """FrechetInceptionDistance's ``feature`` for ``--features NAME`` (or CLIP towers already loaded), its
+    description and keyword arguments."""
+    if isinstance(features, ClipTowers):
+        return _Features(features.image, features.dim), f"CLIP image features of {features.name}", {}
+    name = features
     if name.startswith("inception:"):
         path = Path(name.removeprefix("inception:")).expanduser()
         if not path.is_file():
@@ -248,28 +280,33 @@ def feature_extractor(name: str, device="cpu") -> tuple[torch.nn.Module | int, s
         except ImportError:
             raise UnclipError("--features inception: needs torch-fidelity: pip install 'unclip[eval]'") from None
         return 2048, "inception-v3 pool (FID)", {"feature_extractor_weights_path": str(path)}
-    towers = clip_towers(name, device)
-    return _Features(towers.image, towers.dim), f"CLIP image features of {towers.name}", {}
+    return feature_extractor(clip_towers(name, device))
 
 
 @torch.no_grad()
-def frechet_distance(features: str, real: list[torch.Tensor], fake: list[torch.Tensor], device="cpu") -> dict:
-    """torchmetrics' FrechetInceptionDistance of two sets of pictures on ``features`` (``feature_extractor``)."""
+def frechet_distance(
+    features: str | ClipTowers, real: Iterable[torch.Tensor], fake: Iterable[torch.Tensor], device="cpu"
+) -> dict:
+    """torchmetrics' FrechetInceptionDistance of two sets of pictures on ``features`` (``feature_extractor``);
+    the pictures are read as they come, 32 at a time."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     feature, described, kwargs = feature_extractor(features, device)
-    if min(len(real), len(fake)) < 2:
-        raise UnclipError(f"the Fréchet distance needs ≥ 2 images a side, got {len(real)} and {len(fake)}")
-    metric = FrechetInceptionDistance(feature=feature, normalize=True, **kwargs).to(device)
+    metric = FrechetInceptionDistance(feature=feature, normalize=True, sync_on_compute=False, **kwargs).to(device)
     width = feature if isinstance(feature, int) else feature.num_features
+    counts = {True: 0, False: 0}
     for pictures, is_real in ((real, True), (fake, False)):
-        for x in _batches(pictures):
-            metric.update(x.to(device), real=is_real)
-    smallest = min(len(real), len(fake))
+        for chunk in _chunks(pictures, 32):
+            metric.update(_stack(chunk).to(device), real=is_real)
+            counts[is_real] += len(chunk)
+    n_real, n_fake = counts[True], counts[False]
+    if min(n_real, n_fake) < 2:
+        raise UnclipError(f"the Fréchet distance needs ≥ 2 images a side, got {n_real} and {n_fake}")
+    smallest = min(n_real, n_fake)
     if smallest < max(STABLE, width):
         warnings.warn(
             f"{smallest} images on a side, fewer than {max(STABLE, width)} (the feature width is {width}): the "
             "estimate is biased and unstable; compare only runs of equal sizes",
             stacklevel=2,
         )
-    return {"fd": round(float(metric.compute()), 4), "n_real": len(real), "n_fake": len(fake), "features": described}
+    return {"fd": round(float(metric.compute()), 4), "n_real": n_real, "n_fake": n_fake, "features": described}
