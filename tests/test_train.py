@@ -53,9 +53,12 @@ def data(tmp_path_factory) -> Path:
 
 
 def read_log(output: Path) -> dict[int, dict]:
-    """Per step, the last line logged for it (a resumed run logs the steps after its checkpoint again)."""
-    lines = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
-    return {line["step"]: line for line in lines}
+    """Per step, its loss line (the last: a resumed run logs the steps after its checkpoint again), with the
+    validation line of that step merged in."""
+    log: dict[int, dict] = {}
+    for line in map(json.loads, (output / "train_log.jsonl").read_text().splitlines()):
+        log[line["step"]] = {**log.get(line["step"], {}), **line}
+    return log
 
 
 def launch(args: list[str], processes: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -194,6 +197,28 @@ def test_overfitting_8_samples_halves_the_loss(tmp_path, stage, steps):
     before = _eval_loss(tmp_path / "run" / "init" / "model.yaml", stage, data, config)
     after = _eval_loss(model_yaml, stage, data, config)
     assert after < before / 2, (before, after)
+
+
+def test_validation_logs_the_clip_score_of_its_images(tmp_path, data):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    prompts = '["a red circle on a blue background","a green square on a yellow background"]'
+    args = ["--config", "tiny-decoder", f"data.path={data}", f"output_dir={out}", "max_steps=2", "validation.every=1",
+            f"validation.prompts={prompts}", "validation.steps=2"]  # fmt: skip
+    done = launch(args, processes=2)  # the main process validates alone; the other waits
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = read_log(out)
+    for step in (1, 2):
+        assert sorted(p.name for p in (out / "validation" / f"step-{step}").iterdir()) == ["00.png", "01.png"]
+        assert log[step]["validation_n"] == 2 and -1 <= log[step]["validation_clip_score"] <= 1
+        assert np.isfinite(log[step]["loss"])  # the loss line of the step is kept beside it
+    events = EventAccumulator(str(out / "logs" / "unclip"))
+    events.Reload()
+    scalars = {e.step: e.value for e in events.Scalars("validation/clip_score")}
+    assert scalars == pytest.approx({step: log[step]["validation_clip_score"] for step in (1, 2)}, abs=1e-4)
+    # the model trained from scratch names the CLIP image tower it learned from: variations work on it
+    assert "image_encoder: tiny:32" in (out / "model.yaml").read_text()
 
 
 # ------------------------------------------------------------------------ 2 processes, each tiny preset

@@ -93,7 +93,12 @@ def load_cascade(config: TrainConfig, accelerator: Accelerator):
         shutil.rmtree(folder, ignore_errors=True)
         ARCHITECTURES[config.architecture](folder, config.seed, text_encoder=config.text_encoder)
     accelerator.wait_for_everyone()
-    return UnCLIPCascade.from_pretrained(folder / "model.yaml")
+    cascade = UnCLIPCascade.from_pretrained(folder / "model.yaml")
+    if first_of(config.stage).trains_on_clip and not cascade.model_config.image_encoder:
+        # the CLIP image tower whose z_i it learns from is the model's: its model.yaml names it (variations, the
+        # validation CLIP score)
+        cascade.model_config = dataclasses.replace(cascade.model_config, image_encoder=config.data.clip)
+    return cascade
 
 
 def build_frozen(config: TrainConfig, cascade, dataset, device: torch.device) -> Frozen:
@@ -352,10 +357,30 @@ def validate(accelerator, config: TrainConfig, cascade, ema, params, step: int) 
             out = cascade(v.prompts, seed=v.seed, size=size, output_type="np", **steps)
         for k, image in enumerate(out.images):
             cascade.numpy_to_pil(image[None])[0].save(folder / f"{k:02d}.png")
+        pictures = torch.from_numpy(out.images).permute(0, 3, 1, 2)
         if config.tensorboard:
             tracker = accelerator.get_tracker("tensorboard", unwrap=True)
-            tracker.add_images("validation", torch.from_numpy(out.images).permute(0, 3, 1, 2), step)
+            tracker.add_images("validation", pictures, step)
+        scored = _clip_score(accelerator, cascade, pictures, v.prompts)
+        if scored is not None:  # a line of its own in train_log.jsonl, and the scalar validation/clip_score
+            with (Path(config.output_dir) / "train_log.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, "validation_clip_score": scored["clip_score"], "validation_n":
+                                    scored["n"]}) + "\n")  # fmt: skip
+            accelerator.log({"validation/clip_score": scored["clip_score"]}, step=step)
     accelerator.wait_for_everyone()
+
+
+def _clip_score(accelerator, cascade, pictures: torch.Tensor, prompts: list[str]) -> dict | None:
+    """The validation images' CLIP score with their prompts, by the cascade's own CLIP (``unclip.metrics``); None,
+    said, when the model has no CLIP image tower."""
+    from unclip.metrics import cascade_towers, clip_score
+
+    try:
+        towers = cascade_towers(cascade, "the trained cascade")
+    except UnclipError as err:
+        accelerator.print(f"validation: no CLIP score ({err})")
+        return None
+    return clip_score(towers, zip(pictures, prompts, strict=True))
 
 
 def export(accelerator, config: TrainConfig, cascade, ema, params) -> Path:
