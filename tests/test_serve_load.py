@@ -124,6 +124,20 @@ def test_a_server_killed_mid_request_leaves_no_partial_result(tmp_path):
         )
         assert answer.status_code == 200
         assert all((out / name).read_bytes() == data for name, data in before.items())  # nothing overwritten
+
+        # SIGTERM mid-request: the client hears 503, the server stops by itself within seconds, no traceback
+        body = {"prompt": PROMPT, "size": "64x64", "n": 8}  # the demo's full steps: seconds of work
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(httpx.post, url + "/v1/images/generations", json=body, timeout=120)
+            deadline = time.time() + 60
+            while not httpx.get(url + "/sdapi/v1/progress", timeout=5).json()["state"]["job"]:
+                assert time.time() < deadline, "the request never started"
+                time.sleep(0.1)
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(30) == 0
+            answer = pending.result()
+        assert answer.status_code == 503 and "shutting down" in answer.json()["error"]["message"], answer.text
+        assert "Traceback" not in server.stderr.read().decode()
     finally:
         server.kill()
         server.wait(30)

@@ -73,15 +73,44 @@ def check_address(host: str, port: int) -> None:
 
 
 def run_serve(args) -> int:
+    """HTTP (uvicorn) in a thread; the pipeline's calls in this, the main thread (``Engine.work``) until Ctrl+C,
+    SIGTERM, or the HTTP server stopping."""
+    import signal
+    import threading
+    import time
+
     import uvicorn
 
     engine, app = build(args)
-    engine.start()
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=5))  # fmt: skip
+
+    def listen() -> None:
+        try:
+            server.run()  # not the main thread: uvicorn leaves the signals to this one
+        finally:
+            engine.stop()
+
+    http = threading.Thread(target=listen, name="unclip-http", daemon=True)
+    http.start()
+    while not server.started and http.is_alive():
+        time.sleep(0.05)
+    if not server.started:
+        raise UnclipError(f"the HTTP server could not start on {args.host}:{args.port}: choose another --port")
     print(f"unclip serve: http://{args.host}:{args.port}/ (model {args.model}, results in {args.out})", flush=True)
+
+    def shut_down(*_) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, shut_down)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        engine.work()
+    except KeyboardInterrupt:
+        print("unclip serve: stopped", flush=True)
     finally:
+        server.should_exit = True
         engine.stop()
+        http.join(10)
     return 0
 
 

@@ -44,6 +44,10 @@ class Cancelled(Exception):
     """The job was cancelled (by its client, or an interrupt) before its images were made."""
 
 
+class ShuttingDown(Cancelled):
+    """The server stopped before the job's images were made (HTTP 503)."""
+
+
 @dataclass
 class Image:
     path: Path
@@ -189,12 +193,26 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ worker
     def start(self) -> Engine:
+        """The worker in a thread of its own (tests, an app in-process); ``unclip serve`` calls ``work`` instead."""
+        self._thread = threading.Thread(target=self.work, name="unclip-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def work(self) -> None:
+        """Be the worker in the calling thread until ``stop``. ``unclip serve`` works in its main thread and serves
+        HTTP from another: pipeline calls in a process's main thread ran up to 23 % faster on CPU than the same
+        calls in a second thread (docs/benchmarks.md, scripts/serve_thread_probe.py)."""
         from unclip.outputs import remove_partial
 
         remove_partial(self.out)  # what a killed server was writing: never a result
-        self._thread = threading.Thread(target=self._work, name="unclip-worker", daemon=True)
-        self._thread.start()
-        return self
+        try:
+            self._work()
+        finally:  # stopped, or interrupted (Ctrl+C) mid-call: the running batch's clients hear it, none waits
+            with self._lock:
+                running, self._running = self._running, []
+            for job in running:
+                if not job.future.done():
+                    job.future.set_exception(ShuttingDown("the server is shutting down"))
 
     def stop(self, timeout: float = 30.0) -> None:
         with self._lock:
@@ -203,7 +221,7 @@ class Engine:
             self._queue.clear()
             self._lock.notify_all()
         for job in waiting:
-            job.future.set_exception(Cancelled("the server is shutting down"))
+            job.future.set_exception(ShuttingDown("the server is shutting down"))
         self.interrupt()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -26,7 +26,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from unclip.serve.engine import Cancelled, Job
+from unclip.serve.engine import Cancelled, Job, ShuttingDown
 from unclip.serve.requests import BadRequest, check_plan, count, image_of, prompt_of, seed_of, settings_of, size_of
 
 router = APIRouter(prefix="/v1/images")
@@ -143,6 +143,8 @@ async def _respond(request: Request, job: Job, response_format: str) -> Any:
     engine.submit(job)
     try:
         images = await results(job, request, engine)
+    except ShuttingDown as err:
+        return error_response(request, 503, f"{err}: retry when it is back", "server_unavailable")
     except Cancelled as err:
         return error_response(request, 409, f"the request was cancelled ({err})", "cancelled")
     data = []
