@@ -19,19 +19,31 @@ from unclip.errors import UnclipError
 ImageInput = Image.Image | str | Path | torch.Tensor
 
 
+def open_image(path: str | Path, what: str = "image", fix: str = "give a PNG or JPEG file") -> Image.Image:
+    """The picture in a file, loaded whole and in its own mode (alpha kept); ``UnclipError`` naming ``what`` and
+    ``fix`` when the file is missing or not an image. The one opener of ``load_images``, masks and metrics."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UnclipError(f"{what} {path} does not exist: {fix}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise UnclipError(f"{what} {path} cannot be read as an image ({type(err).__name__}): {fix}") from None
+
+
+def to_tensor(picture: Image.Image) -> torch.Tensor:
+    """A PIL picture as a (3, H, W) float tensor in [0, 1] (RGB)."""
+    array = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
 def _one(image: ImageInput) -> torch.Tensor:
     if isinstance(image, (str, Path)):
-        path = Path(image).expanduser()
-        if not path.is_file():
-            raise UnclipError(f"image {path} does not exist: give a PNG or JPEG file")
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except (UnidentifiedImageError, OSError) as err:
-            raise UnclipError(f"image {path} cannot be read ({type(err).__name__}): give a PNG or JPEG file") from None
+        image = open_image(image)
     if isinstance(image, Image.Image):
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        return torch.from_numpy(array).permute(2, 0, 1)
+        return to_tensor(image)
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise UnclipError(f"an image tensor must be (3, H, W) in [0, 1], got shape {tuple(image.shape)}")

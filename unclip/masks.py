@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from unclip.errors import UnclipError
+from unclip.images import open_image
 
 MaskInput = Image.Image | str | Path | torch.Tensor | np.ndarray
 MASK_HELP = "white = repaint, black = keep; or an RGBA PNG whose transparent pixels are the region"
@@ -92,17 +93,7 @@ def parse_pad(text: str | int | tuple | list) -> tuple[int, int, int, int]:
 
 
 def _open(item, what: str) -> Image.Image:
-    if isinstance(item, Image.Image):
-        return item
-    path = Path(item).expanduser()
-    if not path.is_file():
-        raise UnclipError(f"{what} {path} does not exist: give a PNG file")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except (UnidentifiedImageError, OSError) as err:
-        raise UnclipError(f"{what} {path} cannot be read as an image ({type(err).__name__}): give a PNG file") from None
+    return item if isinstance(item, Image.Image) else open_image(item, what, "give a PNG file")
 
 
 def _alpha(picture: Image.Image) -> np.ndarray | None:

@@ -24,9 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from unclip.errors import UnclipError
 
@@ -123,16 +122,16 @@ class Folder:
     skipped: list[str] = field(default_factory=list)
 
     def _read(self, path: Path) -> torch.Tensor | None:
+        from unclip.images import open_image, to_tensor
+
         try:
-            with Image.open(path) as opened:
-                picture = opened.convert("RGB")
-                if self.size is not None and picture.size != (self.size, self.size):
-                    picture = ImageOps.fit(picture, (self.size, self.size), Image.Resampling.BICUBIC)
-                array = np.asarray(picture, dtype=np.float32) / 255
-        except (UnidentifiedImageError, OSError):
+            picture = open_image(path).convert("RGB")
+        except UnclipError:
             self.skipped.append(path.name)
             return None
-        return torch.from_numpy(array).permute(2, 0, 1)
+        if self.size is not None and picture.size != (self.size, self.size):
+            picture = ImageOps.fit(picture, (self.size, self.size), Image.Resampling.BICUBIC)
+        return to_tensor(picture)
 
     def pictures(self) -> Iterator[torch.Tensor]:
         for path in self.files:
