@@ -376,7 +376,12 @@ def _clip_score(accelerator, cascade, pictures: torch.Tensor, prompts: list[str]
     from unclip.metrics import cascade_towers, clip_score
 
     try:
+        import torchmetrics  # noqa: F401
+
         towers = cascade_towers(cascade, "the trained cascade")
+    except ImportError:
+        accelerator.print('validation: no CLIP score (it needs torchmetrics: pip install "unclip[train]")')
+        return None
     except UnclipError as err:
         accelerator.print(f"validation: no CLIP score ({err})")
         return None
