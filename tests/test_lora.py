@@ -34,3 +34,154 @@ def test_training_bytes_add_up():
     assert lean["total"] == 10000 and lean["ema"] == 0
     lora = training_bytes(10, "fp32 AdamW", frozen=1000, frozen_bytes=2)
     assert lora["weights"] == 40 + 2000 and lora["total"] == 2000 + 10 * 20
+
+
+# ------------------------------------------------------------------------------------------- inference
+FAST = dict(prior_num_inference_steps=3, decoder_num_inference_steps=3, super_res_num_inference_steps=2)
+
+
+def make_adapter(path, model, component, rank=4, seed=0, targets=None):
+    """A LoRA adapter of ``model`` with random A and B (peft starts B at zero: no effect), written as unclip does."""
+    import torch
+
+    from unclip.lora import save_adapter
+
+    model = copy.deepcopy(model)
+    config = {"r": rank, "lora_alpha": rank, "target_modules": list(targets or default_targets(model))}
+    peft.inject_adapter_in_model(peft.LoraConfig(**config), model)
+    generator = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = torch.randn(p.shape, generator=generator) * 0.3
+    return save_adapter(path, model, component, config)
+
+
+@pytest.fixture(scope="module")
+def adapters(cascade, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "decoder": make_adapter(root / "style.safetensors", cascade.decoder, "decoder", seed=1),
+        "decoder2": make_adapter(root / "other.safetensors", cascade.decoder, "decoder", seed=2),
+        "prior": make_adapter(root / "prior" / "pytorch_lora_weights.safetensors", cascade.prior, "prior", seed=3),
+    }
+
+
+@pytest.fixture()
+def pipe(model_yaml):
+    from unclip import UnCLIPCascade
+
+    fresh = UnCLIPCascade.from_pretrained(model_yaml)  # adapters change a pipeline: never the shared one
+    fresh.set_progress_bar_config(disable=True)
+    return fresh
+
+
+def _draw(pipe, size=64):
+    return pipe("a red cube", seed=0, size=size, output_type="np", **FAST).images
+
+
+def test_scale_zero_is_the_base_exactly_one_differs_and_two_stack(pipe, adapters):
+    import numpy as np
+
+    base = _draw(pipe)
+    name = pipe.load_lora(adapters["decoder"], scale=0.0)
+    assert name == "style" and np.array_equal(_draw(pipe), base)
+    pipe.set_lora_scale("style", 1.0)
+    one = _draw(pipe)
+    assert np.abs(one - base).max() > 0.01
+    pipe.load_lora(adapters["decoder2"], scale=1.0)
+    both = _draw(pipe)
+    pipe.set_lora_scale("style", 0)
+    other = _draw(pipe)
+    assert np.abs(both - one).max() > 0.01 and np.abs(both - other).max() > 0.01
+    pipe.set_lora_scale(str(adapters["decoder2"]), 0)  # by path too
+    assert np.array_equal(_draw(pipe), base)
+    # fused: the same picture without the per-step cost; unfused: the adapters apply as before
+    pipe.set_lora_scale("style", 1.0)
+    pipe.fuse_lora()  # (float rounding of W + s B A, carried through every step: close, not equal)
+    fused = _draw(pipe)
+    assert np.abs(fused - one).mean() < 1e-3 and np.abs(fused - base).mean() > 0.01
+    pipe.unfuse_lora()
+    assert np.abs(_draw(pipe) - one).mean() < 1e-3
+    meta = pipe("a red cube", seed=0, size=64, **FAST).metadata[0]
+    assert [(lora["name"], lora["stage"], lora["scale"]) for lora in meta["lora"]] == [
+        ("style", "decoder", 1.0), ("other", "decoder", 0.0)]  # fmt: skip
+
+
+def test_a_prior_adapter_changes_the_embedding(pipe, adapters):
+    import torch
+
+    base = pipe("a red cube", seed=0, size=64, output_type="pt", **FAST).images
+    assert pipe.load_lora(adapters["prior"].parent) == "prior"  # a folder with diffusers' file name
+    assert not torch.equal(pipe("a red cube", seed=0, size=64, output_type="pt", **FAST).images, base)
+
+
+def test_diffusers_loads_the_adapter_the_same_way(pipe, model_yaml, adapters):
+    import numpy as np
+
+    from unclip import UnCLIPCascade
+
+    pipe.load_lora(adapters["decoder"])
+    theirs = UnCLIPCascade.from_pretrained(model_yaml)
+    theirs.set_progress_bar_config(disable=True)
+    theirs.decoder.load_lora_adapter(str(adapters["decoder"]), prefix="decoder", adapter_name="style")
+    base = _draw(UnCLIPCascade.from_pretrained(model_yaml))
+    ours, diffusers_ = _draw(pipe), _draw(theirs)
+    assert np.abs(diffusers_ - ours).mean() < 1e-4 and np.abs(ours - base).mean() > 0.01
+
+
+def test_the_cli_and_a_model_yaml_apply_adapters(model_yaml, adapters, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from unclip.cli import main
+
+    def generate(model, out, *extra):
+        argv = ["generate", "a red cube", "--model", str(model), "--size", "64", "--out", str(out), "--quiet",
+                "--decoder-steps", "3", "--prior-steps", "3", *extra]  # fmt: skip
+        assert main(argv) == 0
+        with Image.open(next(out.glob("*.png"))) as png:
+            return json.loads((out / "metadata.jsonl").read_text().splitlines()[0]), png.tobytes(), png.text
+
+    line, pixels, text = generate(model_yaml, tmp_path / "cli", "--lora", f"{adapters['decoder']}:0.5")
+    assert line["lora"][0]["name"] == "style" and line["lora"][0]["scale"] == 0.5
+    assert "Lora: style:0.5" in text["parameters"]
+    yaml = model_yaml.parent / "styled.yaml"  # the same adapter in a model YAML (beside the replicas): same picture
+    yaml.write_text(model_yaml.read_text() + f"lora: [{{path: {adapters['decoder']}, scale: 0.5}}]\n")
+    assert generate(yaml, tmp_path / "yaml")[1] == pixels
+    assert generate(model_yaml, tmp_path / "plain")[1] != pixels
+
+
+def test_bad_adapters_are_one_line_errors(model_yaml, adapters, tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from unclip.cli import main
+
+    def error(*extra) -> str:
+        argv = ["generate", "a red cube", "--model", str(model_yaml), "--size", "64", "--out", str(tmp_path / "o"),
+                "--quiet", "--decoder-steps", "2", "--prior-steps", "2", *extra]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        return err
+
+    assert "does not exist" in error("--lora", str(tmp_path / "missing.safetensors"))
+    assert "the scale must be a number" in error("--lora", f"{adapters['decoder']}:strong")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    assert "is not a safetensors file" in error("--lora", str(tmp_path / "junk.safetensors"))
+    save_file({"unet.down.lora_A.weight": torch.zeros(2, 2)}, tmp_path / "sd.safetensors")
+    assert "is not an adapter of an unclip stage" in error("--lora", str(tmp_path / "sd.safetensors"))
+    # a decoder adapter of another size of decoder: the shapes do not fit
+    from diffusers import UNet2DConditionModel
+
+    config = dict(UNet2DConditionModel.load_config(str(model_yaml.parent / "karlo-v1-alpha" / "decoder")))
+    config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
+    make_adapter(tmp_path / "wide.safetensors", UNet2DConditionModel.from_config(config), "decoder")
+    assert "does not fit this model's decoder" in error("--lora", str(tmp_path / "wide.safetensors"))
+    # an adapter of layers the stage has not (the decoder's text key projections, said to be the prior's)
+    from unclip import UnCLIPCascade
+
+    decoder = UnCLIPCascade.from_pretrained(model_yaml).decoder
+    make_adapter(tmp_path / "kv.safetensors", decoder, "prior", targets=["add_k_proj"])
+    assert "adapts add_k_proj, which this model's prior" in error("--lora", str(tmp_path / "kv.safetensors"))

@@ -23,11 +23,13 @@ from unclip.cli_args import (
     DTYPES,
     Formatter,
     Parser,
+    add_lora_arg,
     add_pipeline_args,
     add_sampling_args,
     device_and_dtype,
     image_side,
     load_pipeline,
+    lora_entries,
     positive_int,
     sampling_kwargs,
     save_result,
@@ -209,6 +211,7 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
     p.add_argument("--speedups", choices=tuple(PRESETS), default="default", metavar="PRESET",
                    help="GPU speed-ups (unclip.speedups.PRESETS), as for generate")  # fmt: skip
+    add_lora_arg(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_const", const="append", dest="mode", help="add to a folder of "
                       "another command whose images this one keeps (rows added to the prompt file)")  # fmt: skip
@@ -236,6 +239,7 @@ def run_batch(args) -> int:
         speedups=args.speedups,
         mode=args.mode,
         progress=not args.quiet,
+        lora=lora_entries(args.lora),
     )
     summary = run(request)
     if summary is not None:  # the main process's

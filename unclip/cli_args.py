@@ -4,6 +4,7 @@ settings table, ``unclip.plan.KEYWORDS``), and loading a cascade for a command (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,28 @@ def add_pipeline_args(
     p.add_argument("--speedups", choices=tuple(PRESETS), default="default", metavar="PRESET",
                    help="GPU speed-ups (unclip.speedups.PRESETS): no_compile = channels-last + bf16 VAE "
                    "decode; graphs = + CUDA graphs (prior, decoder, 64→256); fast = + a compiled x4 UNet")  # fmt: skip
+    add_lora_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_lora_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="a LoRA adapter (.safetensors or its folder) on the stage it was trained for, at SCALE "
+                   "(default 1; 0: off); repeat to stack adapters")  # fmt: skip
+
+
+def lora_entries(values: list[str]) -> list[dict]:
+    """``--lora PATH[:SCALE]`` values as model-config entries, each file checked (before any model loads)."""
+    from unclip.lora import parse_scale, read_adapter
+
+    entries = []
+    for text in values:
+        path, colon, scale = text.rpartition(":")
+        entry = {"path": path, "scale": parse_scale(scale, f"--lora {text}")} if colon and not Path(text).exists() \
+            else {"path": text, "scale": 1.0}  # fmt: skip
+        entry["path"] = str(read_adapter(entry["path"]).path.resolve())
+        entries.append(entry)
+    return entries
 
 
 def load_pipeline(args, first_stage: str = "prior", inverted: bool = False):
@@ -179,6 +201,7 @@ def load_pipeline(args, first_stage: str = "prior", inverted: bool = False):
     from unclip.plan import resolve
 
     config = load_model_config(args.model)
+    config = dataclasses.replace(config, lora=[*config.lora, *lora_entries(getattr(args, "lora", []))])
     resolve(config, size=args.size, scheduler=args.scheduler, stage_args=stage_kwargs(args), first_stage=first_stage,
             inverted=inverted, kinds=stage_kinds(config))  # fmt: skip
     device, dtype, speedups = runtime.resolve(args.device, args.dtype, args.attention, args.offload, args.speedups)

@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from unclip.cli_args import DTYPES, positive_int
+from unclip.cli_args import DTYPES, add_lora_arg, positive_int
 from unclip.errors import UnclipError
 
 
@@ -30,6 +30,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa", help="attention kernels")
     p.add_argument("--offload", action="store_true", help="model CPU offload: keep only the running model on the GPU")
+    add_lora_arg(p)
 
 
 def build(args):
@@ -49,7 +50,7 @@ def build(args):
 
     loading = argparse.Namespace(
         model=args.model, out=args.out, seed=0, size=None, scheduler=None, device=args.device, dtype=args.dtype,
-        attention=args.attention, offload=args.offload, speedups="default", quiet=True,
+        attention=args.attention, offload=args.offload, speedups="default", quiet=True, lora=args.lora,
     )  # fmt: skip
     pipe, out = load_pipeline(loading)
     if args.batch_wait < 0:

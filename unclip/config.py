@@ -43,6 +43,7 @@ class ModelConfig:
     stages: dict[str, StageSettings] = field(default_factory=karlo_defaults)
     name: str = ""
     image_encoder: str | None = None  # a CLIP image encoder name (unclip.clip_models): images → z_i
+    lora: list[dict[str, Any]] = field(default_factory=list)  # LoRA adapters: [{path, scale}] (unclip.lora)
 
     @property
     def max_size(self) -> int:
@@ -54,6 +55,8 @@ class ModelConfig:
             out["upscaler"] = self.upscaler
         if self.image_encoder:
             out["image_encoder"] = self.image_encoder
+        if self.lora:
+            out["lora"] = [dict(entry) for entry in self.lora]
         for stage, settings in self.stages.items():
             out[stage] = {name: getattr(settings, name) for name in settings_of(stage)}
         return out
@@ -95,7 +98,7 @@ def model_config_from_dict(raw: Any, *, source: str = "<dict>", base: Path | Non
     """Build a ModelConfig from a parsed YAML mapping, with one-line errors for every mistake."""
     if not isinstance(raw, dict):
         raise UnclipError(f"{source}: a model config must be a YAML mapping with at least 'unclip:'")
-    valid = ["unclip", "upscaler", "image_encoder", *STAGES]
+    valid = ["unclip", "upscaler", "image_encoder", "lora", *STAGES]
     unknown = sorted(set(raw) - set(valid))
     if unknown:
         raise UnclipError(f"{source}: unknown key '{unknown[0]}'; valid keys: {', '.join(valid)}")
@@ -111,7 +114,27 @@ def model_config_from_dict(raw: Any, *, source: str = "<dict>", base: Path | Non
         stages={s: _stage_from_dict(s, raw.get(s), defaults[s], source) for s in STAGES},
         name=source,
         image_encoder=_resolve_image_encoder(image_encoder, base, source) if image_encoder else None,
+        lora=_loras(raw.get("lora"), base, source),
     )
+
+
+def _loras(raw: Any, base: Path, source: str) -> list[dict[str, Any]]:
+    """``lora: [{path: adapter.safetensors, scale: 0.8}, ...]`` (or plain paths), paths relative to the YAML."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise UnclipError(f"{source}: 'lora' must be a list such as [{{path: style.safetensors, scale: 0.8}}]")
+    out = []
+    for entry in raw:
+        entry = {"path": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or set(entry) - {"path", "scale"}:
+            raise UnclipError(f"{source}: each lora entry is {{path: FILE, scale: NUMBER}}, got {entry!r}")
+        scale = entry.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise UnclipError(f"{source}: lora {entry['path']}: the scale must be a number, got {scale!r}")
+        path = Path(entry["path"]).expanduser()
+        out.append({"path": str(path if path.is_absolute() else (base / path).resolve()), "scale": float(scale)})
+    return out
 
 
 def _resolve_image_encoder(value: Any, base: Path, source: str) -> str:

@@ -18,7 +18,15 @@ convolutions, the layers that hold most of its weights.
 
 from __future__ import annotations
 
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import torch
+
+from unclip.errors import UnclipError
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
 RESNET = ("conv1", "conv2")
@@ -31,12 +39,17 @@ def _matches(name: str, target: str) -> bool:
 
 
 def target_modules(model: torch.nn.Module, targets: tuple[str, ...]) -> dict[str, torch.nn.Module]:
-    """The Linear and Conv2d layers of ``model`` that ``targets`` names, by full name."""
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and any(_matches(name, t) for t in targets)
-    }
+    """The Linear and Conv2d layers of ``model`` that ``targets`` names, by full name (a layer that already holds
+    adapters counts as its base layer)."""
+    found = {}
+    for name, module in model.named_modules():
+        layer = getattr(module, "base_layer", module)
+        inner = name.endswith(".base_layer") or ".lora_" in name
+        if inner or not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        if any(_matches(name, t) for t in targets):
+            found[name] = layer
+    return found
 
 
 def default_targets(model: torch.nn.Module) -> tuple[str, ...]:
@@ -79,3 +92,198 @@ def training_bytes(
     out["ema"] = trained * EMA_BYTES if ema else 0
     out["total"] = sum(out.values())
     return out
+
+
+# --------------------------------------------------------------------------------------- adapter files
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' file name
+INFO_KEY = "unclip_lora"  # safetensors metadata: {"component": .., "stage": .., "base": ..}
+PEFT_KEY = "lora_adapter_metadata"  # diffusers' metadata key: the LoraConfig, its keys prefixed by the component
+COMPONENTS = {"prior": "prior", "decoder": "decoder", "super_res_first": "sr256", "super_res_last": "sr256",
+              "upscaler_unet": "sr1024"}  # fmt: skip
+CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules")
+
+
+@dataclass
+class Adapter:
+    """One LoRA adapter file: the component it adapts (and so its stage), its LoraConfig and its tensors (peft's
+    keys, without the component prefix)."""
+
+    path: Path
+    component: str
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    base: str = ""
+
+    @property
+    def stage(self) -> str:
+        return COMPONENTS[self.component]
+
+
+def save_adapter(path: str | Path, module: torch.nn.Module, component: str, config: dict[str, Any],
+                 adapter_name: str = "default", base: str = "") -> Path:  # fmt: skip
+    """Write ``module``'s adapter as diffusers writes LoRA weights: safetensors, keys ``COMPONENT.<peft key>``,
+    the LoraConfig in ``lora_adapter_metadata`` (keys prefixed the same way), plus unclip's component and base."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    state = get_peft_model_state_dict(module, adapter_name=adapter_name)
+    tensors = {f"{component}.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    peft = {f"{component}.{k}": (sorted(v) if isinstance(v, (set, list, tuple)) else v) for k, v in config.items()}
+    info = {"component": component, "stage": COMPONENTS[component], "base": base}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, path, metadata={"format": "pt", PEFT_KEY: json.dumps(peft), INFO_KEY: json.dumps(info)})
+    return path
+
+
+def read_adapter(path: str | Path) -> Adapter:
+    """An adapter file (or a folder holding ``pytorch_lora_weights.safetensors``), checked."""
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / WEIGHT_NAME
+    if not path.is_file():
+        raise UnclipError(f"LoRA {path} does not exist: give an adapter file (.safetensors) or its folder")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types
+        raise UnclipError(f"LoRA {path} is not a safetensors file ({type(err).__name__}): give an adapter file that "
+                          "unclip's trainer wrote") from None  # fmt: skip
+    prefixes = sorted({k.split(".", 1)[0] for k in tensors})
+    info = json.loads(meta.get(INFO_KEY, "{}"))
+    component = info.get("component") or (prefixes[0] if len(prefixes) == 1 else "")
+    if component not in COMPONENTS or prefixes != [component]:
+        raise UnclipError(f"LoRA {path} is not an adapter of an unclip stage (its weights are for "
+                          f"{', '.join(prefixes)[:80] or 'nothing'}): give one trained for "
+                          f"{', '.join(sorted(COMPONENTS))}")  # fmt: skip
+    state = {k.split(".", 1)[1]: v for k, v in tensors.items()}
+    peft = json.loads(meta.get(PEFT_KEY, "{}"))
+    config = {k.split(".", 1)[1]: v for k, v in peft.items() if k.startswith(component + ".")}
+    if "r" not in config:  # a file without its config: rank from the tensors, α = r, the adapted layers by name
+        layers = {k.split(".lora_A")[0]: v.shape[0] for k, v in state.items() if ".lora_A" in k}
+        rank = max(layers.values(), default=1)
+        config = {"r": rank, "lora_alpha": rank, "target_modules": sorted(layers)}
+    return Adapter(path, component, {k: config[k] for k in CONFIG_KEYS if k in config}, state, info.get("base", ""))
+
+
+def attach(module: torch.nn.Module, adapter: Adapter, name: str) -> None:
+    """Add ``adapter`` to ``module`` under ``name`` (inactive until ``set_scales``); a mismatch of architecture is
+    a one-line error and leaves the module as it was."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    missing = [t for t in adapter.config.get("target_modules", []) if not target_modules(module, (t,))]
+    if missing:
+        raise UnclipError(f"LoRA {adapter.path} adapts {', '.join(missing)}, which this model's {adapter.component} "
+                          f"({type(module).__name__}) has not: it was made for another architecture")  # fmt: skip
+    with warnings.catch_warnings():  # peft warns whenever a model gets a second adapter: that is the point here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        inject_adapter_in_model(LoraConfig(**adapter.config), module, adapter_name=name)
+    try:
+        loaded = set_peft_model_state_dict(module, adapter.state, adapter_name=name)
+        unexpected = [k for k in getattr(loaded, "unexpected_keys", []) if "lora_" in k]
+        if unexpected:
+            raise RuntimeError(f"unexpected {unexpected[0]}")
+    except RuntimeError as err:
+        detach(module, name)
+        first = str(err).strip().splitlines()[-1][:160]
+        raise UnclipError(f"LoRA {adapter.path} does not fit this model's {adapter.component} ({first}): it was made "
+                          "for another architecture or size") from None  # fmt: skip
+    set_scales(module, {})
+
+
+def _layers(module: torch.nn.Module):
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in module.modules() if isinstance(m, LoraLayer)]
+
+
+def detach(module: torch.nn.Module, name: str) -> None:
+    for layer in _layers(module):
+        if name in layer.lora_A:
+            layer.delete_adapter(name)
+
+
+def set_scales(module: torch.nn.Module, scales: dict[str, float]) -> None:
+    """Make exactly the adapters of ``scales`` with a non-zero scale active, each at its scale (W x + s·(α/r) B A x);
+    a scale of 0 switches an adapter off, so the model computes exactly what it did without it."""
+    active = [name for name, scale in scales.items() if scale != 0]
+    for layer in _layers(module):
+        names = [name for name in active if name in layer.lora_A]
+        for name in names:
+            layer.set_scale(name, scales[name])
+        layer.set_adapter(names)
+        layer.requires_grad_(False)  # inference: peft's set_adapter makes the active ones trainable
+
+
+# ------------------------------------------------------------------------------------------- the pipeline
+def parse_scale(value: Any, what: str) -> float:
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        raise UnclipError(f"{what}: the scale must be a number, got {value!r} (e.g. style.safetensors:0.8)") from None
+    if scale != scale or abs(scale) == float("inf"):
+        raise UnclipError(f"{what}: the scale must be a finite number, got {value!r}")
+    return scale
+
+
+class LoraMixin:
+    """``pipe.load_lora(path, scale)``, ``set_lora_scale``, ``fuse_lora``/``unfuse_lora``: adapters on any stage,
+    several at once, each with its scale; each image's metadata names them (``lora_metadata``)."""
+
+    def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
+        """Add the adapter of ``path`` to the stage it was trained for, at ``scale``; returns its name."""
+        scale = parse_scale(scale, f"LoRA {path}")
+        if self._lora_fused:
+            raise UnclipError("the adapters are fused: call unfuse_lora() before loading another")
+        adapter = read_adapter(path)
+        module = getattr(self, adapter.component, None)
+        if module is None:
+            model = self.model_config.name or "(unnamed)"
+            raise UnclipError(f"LoRA {adapter.path} adapts the {adapter.stage} stage ({adapter.component}), which "
+                              f"model {model} has not: use it with a model that has")  # fmt: skip
+        base = name or (adapter.path.parent.name if adapter.path.name == WEIGHT_NAME else adapter.path.stem)
+        name = base
+        for k in range(2, 1000):
+            if name not in self._loras:
+                break
+            name = f"{base}-{k}"
+        attach(module, adapter, name)
+        self._loras[name] = {"name": name, "stage": adapter.stage, "component": adapter.component,
+                             "path": str(adapter.path), "scale": scale}  # fmt: skip
+        self._apply_lora_scales(adapter.component)
+        return name
+
+    def set_lora_scale(self, name: str, scale: float) -> None:
+        """The scale of a loaded adapter (by name, or the path it was loaded from); 0 switches it off exactly."""
+        found = [n for n, lora in self._loras.items() if name in (n, lora["path"])]
+        if not found:
+            raise UnclipError(f"no LoRA adapter {name!r} is loaded; loaded: {', '.join(self._loras) or 'none'}")
+        if self._lora_fused:
+            raise UnclipError("the adapters are fused: call unfuse_lora() before changing a scale")
+        self._loras[found[0]]["scale"] = parse_scale(scale, f"LoRA {name}")
+        self._apply_lora_scales(self._loras[found[0]]["component"])
+
+    def fuse_lora(self) -> None:
+        """Fold the active adapters, at their scales, into the weights: no extra cost a step."""
+        for component in {lora["component"] for lora in self._loras.values()}:
+            for layer in _layers(getattr(self, component)):
+                if layer.active_adapters:
+                    layer.merge(adapter_names=list(layer.active_adapters))
+        self._lora_fused = True
+
+    def unfuse_lora(self) -> None:
+        for component in {lora["component"] for lora in self._loras.values()}:
+            for layer in _layers(getattr(self, component)):
+                layer.unmerge()
+        self._lora_fused = False
+
+    def lora_metadata(self) -> list[dict[str, Any]]:
+        """Each loaded adapter: name, stage, scale and file."""
+        return [{k: lora[k] for k in ("name", "stage", "scale", "path")} for lora in self._loras.values()]
+
+    def _apply_lora_scales(self, component: str) -> None:
+        mine = {n: lora["scale"] for n, lora in self._loras.items() if lora["component"] == component}
+        set_scales(getattr(self, component), mine)

@@ -82,6 +82,8 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
             pairs.update({label(stage, name): value for name, value in settings.items()})
     if "edit" in meta:
         pairs["Edit"] = meta["edit"]
+    if meta.get("lora"):
+        pairs["Lora"] = " ".join(f"{lora['name']}:{lora['scale']:g}" for lora in meta["lora"])
     pairs["Version"] = f"unclip {meta.get('version', '')}".strip()
     lines = [meta["prompt"]]
     if meta.get("negative_prompt"):

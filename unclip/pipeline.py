@@ -32,6 +32,7 @@ from unclip.guidance import uses_guidance
 from unclip.images import load_images
 from unclip.inpaint import InpaintMixin
 from unclip.loading import LAYOUTS, UPSCALER_PREFIX, load_components, save_layout
+from unclip.lora import LoraMixin
 from unclip.outputs import CascadeOutput, output
 from unclip.plan import KEYWORDS, Plan, check_count, check_keep, check_output_type, negatives_for, prompt_list, resolve
 from unclip.runtime import check_attention
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["CascadeOutput", "UnCLIPCascade"]
 
 
-class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin):
+class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin, LoraMixin):
     """The DALL·E 2-style cascade on Karlo's components, optionally followed by a 256→1024 upscaler: the x4
     latent upscaler (``upscaler_`` + unet, vae, text_encoder, tokenizer, scheduler, low_res_scheduler) or a
     pixel upsampler (``upscaler_unet``, ``upscaler_scheduler``; the x4-only components are None)."""
@@ -108,6 +109,8 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin):
         self._compiled: dict[str, Any] = {}  # component name -> its torch.compile'd callable, when switched on
         self._compile_cache: dict[tuple, Any] = {}
         self.model_config = model_config or ModelConfig(unclip="", upscaler="x4" if upscaler_unet else None)
+        self._loras: dict[str, dict[str, Any]] = {}  # LoRA adapters by name (unclip.lora.LoraMixin)
+        self._lora_fused = False
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -121,7 +124,10 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin):
         in that repo's layout (``unclip.loading``)."""
         model = pretrained_model_name_or_path
         config = model if isinstance(model, ModelConfig) else load_model_config(model)
-        return cls(**load_components(config, torch_dtype or torch.float32), model_config=config)
+        pipe = cls(**load_components(config, torch_dtype or torch.float32), model_config=config)
+        for lora in config.lora:  # the model config's adapters (lora: [{path, scale}])
+            pipe.load_lora(lora["path"], lora.get("scale", 1.0))
+        return pipe
 
     @classmethod
     def from_config(cls, model: str | Path | ModelConfig, torch_dtype: torch.dtype | None = None) -> UnCLIPCascade:
@@ -138,6 +144,9 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin):
         loads them (``from_pretrained(save_directory)``). Weights as safetensors only."""
         if not safe_serialization:
             raise UnclipError("save_pretrained writes safetensors only: leave safe_serialization at True")
+        if self._loras:
+            raise UnclipError("save_pretrained with LoRA adapters loaded: save the base model from a cascade without "
+                              "them, and name the adapters in its model.yaml (lora: [{path, scale}])")  # fmt: skip
         root = Path(save_directory)
         save_layout(self, root / "unclip", "karlo")
         if self.upscaler_layout is not None:
@@ -225,6 +234,7 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin):
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.execution_device.type,
             **({"speedups": self.speedups.describe()} if self.speedups != Speedups() else {}),
+            **({"lora": self.lora_metadata()} if self._loras else {}),
             "stages": plan.metadata(),
             "version": __version__,
         }

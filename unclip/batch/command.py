@@ -56,6 +56,7 @@ class Request:
     speedups: str = "default"  # a preset of unclip.speedups
     mode: str | None = None  # None | "append" | "force"
     progress: bool = True
+    lora: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # model-config entries: {path, scale}
 
 
 @dataclass
@@ -117,6 +118,7 @@ def run(request: Request) -> Summary | None:
     rows = read_prompts(request.prompts)
     jobs = plan(rows, request.num_images, request.seed)
     config = load_model_config(request.model)
+    config = dataclasses.replace(config, lora=[*config.lora, *request.lora])
     stage_args = {k: v for k, v in request.sampling.items() if k in KEYWORDS}
     scheduler, kinds = request.sampling.get("scheduler"), stage_kinds(config)
     for row in rows:  # every row's plan, as the cascade will make it (the rows' own steps, guidance and size)
@@ -136,6 +138,8 @@ def run(request: Request) -> Summary | None:
     }
     if request.speedups != "default":  # they move pixels a little, as the dtype does (absent: older runs' prints)
         settings["speedups"] = request.speedups
+    if config.lora:  # adapters change the pictures (absent without: older runs' prints hold)
+        settings["lora"] = config.lora
     command = {
         "rows": [[r.prompt, r.negative_prompt, r.seed, r.num_images, r.steps, r.guidance, r.size] for r in rows],
         "num_images": request.num_images,
