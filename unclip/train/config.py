@@ -76,6 +76,14 @@ class SuperResOptions:
 
 
 @dataclass
+class LoraOptions:
+    rank: int = 0  # > 0: train a LoRA adapter of this rank on the stage, its base frozen; 0: full fine-tuning
+    alpha: float = 0.0  # LoRA's α (the update is scaled by α / rank); 0: α = rank
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=list)  # layer names; empty: unclip.lora.default_targets of the stage
+
+
+@dataclass
 class ValidationConfig:
     every: int = 0  # steps; 0 = never
     prompts: list[str] = field(default_factory=lambda: ["a red circle on a blue background"])
@@ -108,6 +116,7 @@ class TrainConfig:
     prior: PriorOptions = field(default_factory=PriorOptions)
     decoder: DecoderOptions = field(default_factory=DecoderOptions)
     sr: SuperResOptions = field(default_factory=SuperResOptions)
+    lora: LoraOptions = field(default_factory=LoraOptions)
 
     def validate(self) -> None:
         checks = [
@@ -119,6 +128,8 @@ class TrainConfig:
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be ≥ 1, got {self.checkpoint_every}"),
             (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
+            (self.lora.rank >= 0, f"lora.rank must be ≥ 0 (0: full fine-tuning), got {self.lora.rank}"),
+            (0 <= self.lora.dropout < 1, f"lora.dropout must be in [0, 1), got {self.lora.dropout}"),
             (
                 0 <= self.decoder.pyramid_noise < 1,
                 f"decoder.pyramid_noise must be in [0, 1), got {self.decoder.pyramid_noise}",

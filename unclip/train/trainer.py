@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from unclip.errors import UnclipError
 from unclip.plan import KEYWORDS
 from unclip.stages import first_of
+from unclip.train.adapters import Adapted, add_training_adapter, export_adapter
 from unclip.train.architectures import ARCHITECTURES
 from unclip.train.config import TrainConfig, to_dict
 from unclip.train.objectives import Frozen, data_resolution, objective_for
@@ -223,6 +224,7 @@ def train(config: TrainConfig) -> Path:
     if frozen.cache is not None and not config.data.resolution:
         dataset.resolution = 64  # z_i comes from the cache: the images only feed the 64 px decoder (or nothing)
     _init_clip_statistics(objective, frozen, config)
+    adapted = add_training_adapter(objective, cascade, config)  # lora.rank > 0: only the adapter trains
 
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -305,7 +307,7 @@ def train(config: TrainConfig) -> Path:
     bar.close()
     if state["skipped"]:
         accelerator.print(f"skipped {state['skipped']} unreadable image(s) in all (see train_log.jsonl)")
-    model_yaml = export(accelerator, config, cascade, ema, params)
+    model_yaml = export(accelerator, config, cascade, ema, params, adapted)
     accelerator.end_training()
     return model_yaml
 
@@ -388,10 +390,15 @@ def _clip_score(accelerator, cascade, pictures: torch.Tensor, prompts: list[str]
     return clip_score(towers, zip(pictures, prompts, strict=True))
 
 
-def export(accelerator, config: TrainConfig, cascade, ema, params) -> Path:
-    """Write the cascade, with the trained stage's EMA weights, in the hub layouts plus model.yaml."""
+def export(accelerator, config: TrainConfig, cascade, ema, params, adapted: Adapted | None = None) -> Path:
+    """Write the cascade, with the trained stage's EMA weights, in the hub layouts plus model.yaml; or, for a LoRA
+    run, the adapter (its EMA weights) and a model.yaml naming the base model and it."""
     output = Path(config.output_dir)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and adapted is not None:
+        with _EMAWeights(ema, params):
+            export_adapter(adapted, cascade, config)
+        accelerator.print(f'saved {output / "model.yaml"}: unclip generate "..." --model {output / "model.yaml"}')
+    elif accelerator.is_main_process:
         with _EMAWeights(ema, params):
             cascade.to("cpu")
             cascade.model_config = dataclasses.replace(cascade.model_config, name=str(output / "model.yaml"))
