@@ -264,3 +264,15 @@ def test_lora_training_changes_only_the_adapter_resumes_exactly_and_generates(mo
     assert main(argv) == 0
     line = json.loads((out / "metadata.jsonl").read_text())
     assert [(lora["name"], lora["stage"]) for lora in line["lora"]] == [("whole", "decoder")]
+
+
+def test_lora_presets_load_with_an_adapter():
+    from pathlib import Path
+
+    from unclip.train.config import load_train_config
+
+    presets = sorted((Path(__file__).parent.parent / "configs" / "train").glob("*-lora.yaml"))
+    assert {p.stem for p in presets} >= {"karlo-decoder-lora", "karlo-prior-lora", "tiny-decoder-lora"}
+    for preset in presets:
+        config = load_train_config(preset, ["data.path=d"])
+        assert config.lora.rank > 0 and config.lora.alpha > 0, preset
