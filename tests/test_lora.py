@@ -276,3 +276,16 @@ def test_lora_presets_load_with_an_adapter():
     for preset in presets:
         config = load_train_config(preset, ["data.path=d"])
         assert config.lora.rank > 0 and config.lora.alpha > 0, preset
+
+
+def test_an_adapter_of_a_stage_the_model_has_not_is_refused(adapters, tmp_path):
+    from unclip import UnCLIPCascade, UnclipError
+    from unclip.replicas import tiny_karlo
+
+    variations = UnCLIPCascade.from_pretrained(tiny_karlo(tmp_path / "variations", with_prior=False,
+                                                          image_variations=True))  # fmt: skip
+    with pytest.raises(UnclipError, match="adapts the prior stage .prior., which model .* has not"):
+        variations.load_lora(adapters["prior"])
+    with pytest.raises(UnclipError, match="the scale must be a number"):
+        variations.load_lora(adapters["decoder"], scale="strong")
+    assert variations.lora_metadata() == []  # nothing half-loaded
