@@ -289,3 +289,62 @@ def test_an_adapter_of_a_stage_the_model_has_not_is_refused(adapters, tmp_path):
     with pytest.raises(UnclipError, match="the scale must be a number"):
         variations.load_lora(adapters["decoder"], scale="strong")
     assert variations.lora_metadata() == []  # nothing half-loaded
+
+
+# ----------------------------------------------------------------------------- memory-lean full fine-tuning
+@pytest.mark.parametrize("stage, block", [("prior", "prior.transformer_blocks.0.attn1"),
+                                          ("decoder", "decoder.down_blocks.1.resnets.0")])  # fmt: skip
+def test_gradient_checkpointing_recomputes_and_changes_nothing(model_yaml, tmp_path, stage, block):
+    import torch
+
+    from unclip import UnCLIPCascade
+    from unclip.demo.shapes import write_dataset
+    from unclip.train.config import load_train_config
+    from unclip.train.data import CaptionedImages, collate
+    from unclip.train.memory import enable_gradient_checkpointing
+    from unclip.train.objectives import data_resolution, objective_for
+    from unclip.train.trainer import build_frozen
+
+    data = write_dataset(tmp_path / "data", 4, seed=0, size=64, progress=False).parent
+    config = load_train_config(None, [f"stage={stage}", f"data.path={data}", "data.clip=tiny:32"])
+    results = []
+    for checkpointed in (False, True):
+        cascade = UnCLIPCascade.from_pretrained(model_yaml)
+        objective = objective_for(cascade, config).train()
+        if checkpointed:
+            enable_gradient_checkpointing(objective)
+        calls: list[int] = []  # a pre-hook: a recompute stops early, before the post-hooks
+        objective.get_submodule(block).register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
+        dataset = CaptionedImages(data, data_resolution(stage))
+        frozen = build_frozen(config, cascade, dataset, torch.device("cpu"))
+        inputs = objective.prepare(collate([dataset[i] for i in range(4)]), frozen, torch.Generator().manual_seed(0),
+                                   torch.device("cpu"))  # fmt: skip
+        loss = objective(**inputs).mean()
+        loss.backward()
+        grads = [p.grad.clone() for p in objective.parameters() if p.grad is not None]
+        results.append((loss.item(), grads, len(calls)))
+    (loss, grads, calls), (loss_c, grads_c, calls_c) = results
+    assert calls == 1 and calls_c == 2  # the block ran again in the backward pass
+    assert loss == loss_c and len(grads) == len(grads_c)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_c, strict=True))
+
+
+def test_8bit_adamw_on_cpu_is_a_one_line_error(tmp_path):
+    import torch
+
+    from unclip import UnclipError
+    from unclip.train.config import OptimConfig
+    from unclip.train.memory import build_optimizer
+
+    with pytest.raises(UnclipError, match="optim.kind=adamw8bit needs a CUDA GPU"):
+        build_optimizer([torch.nn.Parameter(torch.zeros(2))], OptimConfig(kind="adamw8bit"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name, kind", [("deepspeed-zero2", "DEEPSPEED"), ("fsdp", "FSDP")])
+def test_the_accelerate_configs_load_as_accelerate_reads_them(name, kind):
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).parent.parent / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.value == kind and config.mixed_precision == "bf16" and not config.use_cpu

@@ -40,6 +40,7 @@ class OptimConfig:
     beta2: float = 0.999
     warmup_steps: int = 0  # linear warm-up, then constant
     max_grad_norm: float = 1.0  # 0 = no clipping
+    kind: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA only: the moments in 8 bits)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class TrainConfig:
     batch_size: int = 8  # per process and micro-step
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "no"  # no | fp16 | bf16
+    gradient_checkpointing: bool = False  # recompute the stage's activations in the backward pass: less memory
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -128,6 +130,7 @@ class TrainConfig:
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be ≥ 1, got {self.checkpoint_every}"),
             (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
+            (self.optim.kind in ("adamw", "adamw8bit"), f"optim.kind: adamw or adamw8bit, not {self.optim.kind!r}"),
             (self.lora.rank >= 0, f"lora.rank must be ≥ 0 (0: full fine-tuning), got {self.lora.rank}"),
             (0 <= self.lora.dropout < 1, f"lora.dropout must be in [0, 1), got {self.lora.dropout}"),
             (

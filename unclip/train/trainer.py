@@ -41,6 +41,7 @@ from unclip.stages import first_of
 from unclip.train.adapters import Adapted, add_training_adapter, export_adapter
 from unclip.train.architectures import ARCHITECTURES
 from unclip.train.config import TrainConfig, to_dict
+from unclip.train.memory import build_optimizer, enable_gradient_checkpointing
 from unclip.train.objectives import Frozen, data_resolution, objective_for
 
 logger = logging.getLogger("unclip.train")
@@ -226,13 +227,10 @@ def train(config: TrainConfig) -> Path:
     _init_clip_statistics(objective, frozen, config)
     adapted = add_training_adapter(objective, cascade, config)  # lora.rank > 0: only the adapter trains
 
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(objective)
     params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=config.optim.lr,
-        betas=(config.optim.beta1, config.optim.beta2),
-        weight_decay=config.optim.weight_decay,
-    )
+    optimizer = build_optimizer(params, config.optim, device)
     lr_scheduler = get_scheduler(
         "constant_with_warmup", optimizer, num_warmup_steps=config.optim.warmup_steps * accelerator.num_processes
     )
