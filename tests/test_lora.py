@@ -348,3 +348,19 @@ def test_the_accelerate_configs_load_as_accelerate_reads_them(name, kind):
 
     config = load_config_from_file(str(Path(__file__).parent.parent / "configs" / "accelerate" / f"{name}.yaml"))
     assert config.distributed_type.value == kind and config.mixed_precision == "bf16" and not config.use_cpu
+
+
+def test_full_fine_tuning_of_a_model_with_adapters_is_refused_before_training(model_yaml, adapters, tmp_path):
+    from unclip import UnclipError
+    from unclip.demo.shapes import write_dataset
+    from unclip.train.config import load_train_config
+    from unclip.train.trainer import train
+
+    data = write_dataset(tmp_path / "data", 2, size=64, progress=False).parent
+    yaml = model_yaml.parent / "with-adapter.yaml"
+    yaml.write_text(model_yaml.read_text() + f"lora: [{adapters['decoder']}]\n")
+    config = load_train_config(
+        None, ["stage=decoder", f"init_from={yaml}", f"data.path={data}", "data.clip=tiny:32", f"output_dir={tmp_path}"]
+    )
+    with pytest.raises(UnclipError, match="carries LoRA adapters: full fine-tuning cannot save them"):
+        train(config)

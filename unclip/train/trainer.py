@@ -87,7 +87,12 @@ def load_cascade(config: TrainConfig, accelerator: Accelerator):
     from unclip.pipeline import UnCLIPCascade
 
     if config.init_from:
-        return UnCLIPCascade.from_pretrained(config.init_from)
+        cascade = UnCLIPCascade.from_pretrained(config.init_from)
+        if cascade.lora_metadata() and config.lora.rank == 0:
+            raise UnclipError(f"init_from {config.init_from} carries LoRA adapters: full fine-tuning cannot save "
+                              "them into its weights; fine-tune its base model, or train another adapter "
+                              "(lora.rank=16)")  # fmt: skip
+        return cascade
     if config.architecture not in ARCHITECTURES:
         raise UnclipError(f"unknown architecture '{config.architecture}'; known: {', '.join(ARCHITECTURES)}")
     folder = Path(config.output_dir) / "init"
