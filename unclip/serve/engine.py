@@ -200,8 +200,8 @@ class Engine:
 
     def work(self) -> None:
         """Be the worker in the calling thread until ``stop``. ``unclip serve`` works in its main thread and serves
-        HTTP from another: pipeline calls in a process's main thread ran up to 23 % faster on CPU than the same
-        calls in a second thread (docs/benchmarks.md, scripts/serve_thread_probe.py)."""
+        HTTP from another: on CPU the same pipeline call took 1.2-1.6× as long in a second thread of a process whose
+        main thread had run torch work (docs/benchmarks.md, scripts/serve_thread_probe.py)."""
         from unclip.outputs import remove_partial
 
         remove_partial(self.out)  # what a killed server was writing: never a result
