@@ -364,3 +364,20 @@ def test_full_fine_tuning_of_a_model_with_adapters_is_refused_before_training(mo
     )
     with pytest.raises(UnclipError, match="carries LoRA adapters: full fine-tuning cannot save them"):
         train(config)
+
+
+def test_batch_applies_adapters_and_a_run_without_them_is_another_command(model_yaml, adapters, tmp_path, capsys):
+    import json
+
+    from unclip.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n")
+    argv = ["batch", str(prompts), "--model", str(model_yaml), "--out", str(tmp_path / "run"), "--size", "64",
+            "--quiet", "--decoder-steps", "2", "--prior-steps", "2"]  # fmt: skip
+    assert main([*argv, "--lora", f"{adapters['decoder']}:0.5"]) == 0
+    line = json.loads((tmp_path / "run" / "metadata.jsonl").read_text().splitlines()[0])
+    assert [(lora["name"], lora["scale"]) for lora in line["lora"]] == [("style", 0.5)]
+    capsys.readouterr()
+    assert main(argv) == 2  # the same folder without the adapter: other pictures, refused
+    assert "holds a run of another command" in capsys.readouterr().err
