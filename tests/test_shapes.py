@@ -325,3 +325,25 @@ def test_checker_survives_any_image():
         noise = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         found = detect(noise if i % 2 else noise.astype(np.float32) / 255)
         assert found.background in COLOURS and (found.shape is None or found.shape in SHAPES)
+
+
+def test_an_outline_is_a_dark_band_inside_the_edge_and_nothing_else(tmp_path):
+    import json
+
+    import numpy as np
+
+    from unclip.cli import main
+    from unclip.demo.shapes import OUTLINE, PALETTE, render, sample_scene
+
+    scene = sample_scene(0, 5)
+    plain, outlined = render(scene, 256).astype(int), render(scene, 256, 0.03).astype(int)
+    changed = np.abs(plain - outlined).sum(axis=2) > 0
+    dark = np.abs(outlined - np.asarray(OUTLINE)).sum(axis=2) <= 3
+    colour = np.abs(plain - np.asarray(PALETTE[scene.attributes.colour])).sum(axis=2) <= 3
+    assert dark.sum() > 0.1 * colour.sum()  # a band ~8 px wide around the shape
+    background = (plain == np.asarray(PALETTE[scene.attributes.background])).all(axis=2)
+    assert (changed & background).sum() < 0.01 * background.sum()  # the background stays (but for the edge's AA)
+    argv = ["data", "shapes", str(tmp_path / "o"), "--n", "2", "--size", "64", "--outline", "0.03", "--quiet"]
+    assert main(argv) == 0
+    row = json.loads((tmp_path / "o" / "metadata.jsonl").read_text().splitlines()[0])
+    assert row["outline"] == 0.03

@@ -125,15 +125,20 @@ def add_data_shapes_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i is a function of (SEED, i) alone")
     p.add_argument("--size", type=image_side, default=1024, help="image side in pixels")
     p.add_argument("--workers", type=workers, default=0, help="processes drawing and writing (0: this one)")
+    p.add_argument("--outline", type=float, default=0.0, metavar="FRACTION", help="a dark band this wide (a "
+                   "fraction of the side, e.g. 0.03) inside each shape's edge: a style for a LoRA adapter")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_data_shapes(args) -> int:
     if args.seed < 0:
         raise UnclipError(f"--seed must be ≥ 0, got {args.seed}")
+    if not 0 <= args.outline < 0.2:
+        raise UnclipError(f"--outline must be a fraction of the side in [0, 0.2), e.g. 0.03, got {args.outline}")
     from unclip.demo.shapes import write_dataset
 
-    print(write_dataset(args.out, args.n, args.seed, args.size, workers=args.workers, progress=not args.quiet))
+    print(write_dataset(args.out, args.n, args.seed, args.size, workers=args.workers, progress=not args.quiet,
+                        outline=args.outline))  # fmt: skip
     return 0
 
 

@@ -289,9 +289,15 @@ def _eval_round(rng: np.random.Generator) -> list[Attributes]:
 
 
 # ------------------------------------------------------------------------------------------------ drawing
-def render(scene: Scene, size: int = 1024) -> np.ndarray:
+OUTLINE = (40, 40, 40)  # the dark grey of ``outline``: a style to teach a LoRA adapter (issue 20)
+
+
+def render(scene: Scene, size: int = 1024, outline: float = 0.0) -> np.ndarray:
     """The (size, size, 3) uint8 image of ``scene``, antialiased: each pixel is background + coverage × (colour -
-    background), rounded (coverage in steps of 1/1023 through a lookup table: within 0.13 grey levels)."""
+    background), rounded (coverage in steps of 1/1023 through a lookup table: within 0.13 grey levels). With
+    ``outline`` > 0 (a fraction of the side), a band that wide inside the shape's edge is ``OUTLINE`` instead."""
+    if outline > 0:
+        return _render_outlined(scene, size, outline * size)
     a = scene.attributes
     background = np.asarray(PALETTE[a.background], dtype=np.uint8)
     image = np.tile(np.tile(background, size), (size, 1)).reshape(size, size, 3)  # 50× faster than image[:] = rgb
@@ -303,6 +309,19 @@ def render(scene: Scene, size: int = 1024) -> np.ndarray:
     cover = coverage(a.shape, dx[None, :], dy[:, None], scene.area * size * size)
     image[y0:y1, x0:x1] = np.take(_blend_table(a.colour, a.background), np.rint(cover * _LEVELS).astype(np.int32), 0)
     return image
+
+
+def _render_outlined(scene: Scene, size: int, width: float) -> np.ndarray:
+    """``render`` with a dark band ``width`` pixels wide inside the edge: the shape's coverage minus the coverage of
+    the shape inset by ``width`` is the band's (both antialiased from the signed distance)."""
+    a = scene.attributes
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    distance = GEOMETRY[a.shape].distance(x - scene.x * size, y - scene.y * size, scene.area * size * size)
+    cover = np.clip(0.5 - distance, 0, 1)[..., None]
+    inner = np.clip(0.5 - (distance + width), 0, 1)[..., None]
+    background, colour, dark = (np.asarray(c, dtype=np.float64) for c in (PALETTE[a.background], PALETTE[a.colour],
+                                                                          OUTLINE))  # fmt: skip
+    return np.rint(background * (1 - cover) + colour * inner + dark * (cover - inner)).astype(np.uint8)
 
 
 _LEVELS = 1023
@@ -330,13 +349,14 @@ def metadata_row(scene: Scene, file_name: str, index: int) -> dict[str, Any]:
     }
 
 
-def _write_one(job: tuple[Path, int, int, int, int]) -> dict[str, Any]:
-    out, seed, index, size, width = job
+def _write_one(job: tuple[Path, int, int, int, int, float]) -> dict[str, Any]:
+    out, seed, index, size, width, outline = job
     scene = sample_scene(seed, index)
     name = f"{index:0{width}d}.png"
     with open(out / name, "xb") as handle:  # exclusive: never overwrite
-        Image.fromarray(render(scene, size)).save(handle, format="PNG")
-    return metadata_row(scene, name, index)
+        Image.fromarray(render(scene, size, outline)).save(handle, format="PNG")
+    row = metadata_row(scene, name, index)
+    return {**row, "outline": outline} if outline else row
 
 
 def prepare_folder(out: Path) -> Path:
@@ -353,7 +373,13 @@ def prepare_folder(out: Path) -> Path:
 
 
 def write_dataset(
-    out: str | Path, n: int, seed: int = 0, size: int = 1024, workers: int = 0, progress: bool = True
+    out: str | Path,
+    n: int,
+    seed: int = 0,
+    size: int = 1024,
+    workers: int = 0,
+    progress: bool = True,
+    outline: float = 0.0,
 ) -> Path:
     """Write ``n`` images and ``metadata.jsonl`` into the new or empty folder ``out``; returns the metadata path.
 
@@ -361,7 +387,7 @@ def write_dataset(
     """
     out = prepare_folder(Path(out))
     width = max(5, len(str(n - 1)))
-    jobs = ((out, seed, i, size, width) for i in range(n))
+    jobs = ((out, seed, i, size, width, outline) for i in range(n))
     metadata = out / METADATA
     with open(metadata, "x", encoding="utf-8") as lines:
         if workers == 0:
