@@ -109,7 +109,7 @@ def _size(protocol: Protocol) -> int:
     return min(256, load_model_config(protocol.model).max_size)
 
 
-def generate(protocol: Protocol, drawn: list[Drawn], size: int):
+def generate(protocol: Protocol, size: int):
     """One image per drawn caption into ``OUT/images/`` (``unclip batch``'s run: resumable); its summary in the
     main process, else None."""
     from unclip.batch.command import Request, run
@@ -171,12 +171,12 @@ def evaluate(protocol: Protocol) -> dict[str, Any] | None:
     size = _size(protocol)
     out = Path(protocol.out)
     write_sample(out, drawn)
-    summary = generate(protocol, drawn, size)
+    summary = generate(protocol, size)
     if summary is None:  # another process of accelerate launch: the main one scores
         return None
-    import torch
+    from unclip.runtime import resolve_device_and_dtype
 
-    device = protocol.device if protocol.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device_and_dtype(protocol.device, protocol.dtype)[0])  # what the batch run resolved
     result = {**score(protocol, drawn, size, device), "generation": str(summary)}
     (out / RESULT).write_text(json.dumps(result, indent=1) + "\n")
     return result
