@@ -184,7 +184,7 @@ def lora_entries(values: list[str]) -> list[dict]:
         path, colon, scale = text.rpartition(":")
         entry = {"path": path, "scale": parse_scale(scale, f"--lora {text}")} if colon and not Path(text).exists() \
             else {"path": text, "scale": 1.0}  # fmt: skip
-        entry["path"] = str(read_adapter(entry["path"]).path.resolve())
+        entry["path"] = str(read_adapter(entry["path"], weights=False).path.resolve())
         entries.append(entry)
     return entries
 

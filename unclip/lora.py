@@ -136,8 +136,9 @@ def save_adapter(path: str | Path, module: torch.nn.Module, component: str, conf
     return path
 
 
-def read_adapter(path: str | Path) -> Adapter:
-    """An adapter file (or a folder holding ``pytorch_lora_weights.safetensors``), checked."""
+def read_adapter(path: str | Path, weights: bool = True) -> Adapter:
+    """An adapter file (or a folder holding ``pytorch_lora_weights.safetensors``), checked; ``weights=False`` reads
+    its header alone (names, shapes, metadata: the check of ``--lora`` before a model loads), ``state`` empty."""
     from safetensors import safe_open
 
     path = Path(path).expanduser()
@@ -148,11 +149,12 @@ def read_adapter(path: str | Path) -> Adapter:
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if weights else {}
     except Exception as err:  # safetensors raises its own error types
         raise UnclipError(f"LoRA {path} is not a safetensors file ({type(err).__name__}): give an adapter file that "
                           "unclip's trainer wrote") from None  # fmt: skip
-    prefixes = sorted({k.split(".", 1)[0] for k in tensors})
+    prefixes = sorted({k.split(".", 1)[0] for k in shapes})
     info = json.loads(meta.get(INFO_KEY, "{}"))
     component = info.get("component") or (prefixes[0] if len(prefixes) == 1 else "")
     if component not in COMPONENTS or prefixes != [component]:
@@ -163,7 +165,7 @@ def read_adapter(path: str | Path) -> Adapter:
     peft = json.loads(meta.get(PEFT_KEY, "{}"))
     config = {k.split(".", 1)[1]: v for k, v in peft.items() if k.startswith(component + ".")}
     if "r" not in config:  # a file without its config: rank from the tensors, α = r, the adapted layers by name
-        layers = {k.split(".lora_A")[0]: v.shape[0] for k, v in state.items() if ".lora_A" in k}
+        layers = {k.split(".", 1)[1].split(".lora_A")[0]: v[0] for k, v in shapes.items() if ".lora_A" in k}
         rank = max(layers.values(), default=1)
         config = {"r": rank, "lora_alpha": rank, "target_modules": sorted(layers)}
     return Adapter(path, component, {k: config[k] for k in CONFIG_KEYS if k in config}, state, info.get("base", ""))
