@@ -166,6 +166,10 @@ def test_bad_adapters_are_one_line_errors(model_yaml, adapters, tmp_path, capsys
         assert err.startswith("error: ") and err.count("\n") == 1, err
         return err
 
+    from unclip.lora import read_adapter
+
+    full, header = read_adapter(adapters["decoder"]), read_adapter(adapters["decoder"], weights=False)
+    assert (header.component, header.config) == (full.component, full.config) and full.state and not header.state
     assert "does not exist" in error("--lora", str(tmp_path / "missing.safetensors"))
     assert "the scale must be a number" in error("--lora", f"{adapters['decoder']}:strong")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
