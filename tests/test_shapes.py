@@ -347,3 +347,18 @@ def test_an_outline_is_a_dark_band_inside_the_edge_and_nothing_else(tmp_path):
     assert main(argv) == 0
     row = json.loads((tmp_path / "o" / "metadata.jsonl").read_text().splitlines()[0])
     assert row["outline"] == 0.03
+
+
+def test_the_checker_reads_the_dark_band_of_an_outline_and_none_on_a_plain_render():
+    from PIL import Image
+
+    from unclip.demo.checker import dark_band
+    from unclip.demo.shapes import render, sample_scene
+
+    scenes = [sample_scene(0, i) for i in range(40)]
+    scenes = [s for s in scenes if "black" not in (s.attributes.colour, s.attributes.background)][:12]
+    plain = [dark_band(render(s, 64)) for s in scenes]
+    outlined = [dark_band(render(s, 64, 0.03)) for s in scenes]
+    downscaled = [dark_band(Image.fromarray(render(s, 256, 0.03)).resize((64, 64), Image.BICUBIC)) for s in scenes]
+    assert max(plain) == 0.0 and min(outlined) > 0.4 and min(downscaled) > 0.4, (plain, outlined, downscaled)
+    assert dark_band(np.full((64, 64, 3), 128, np.uint8)) == 0.0  # nothing but background

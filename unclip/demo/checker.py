@@ -20,6 +20,9 @@ Deterministic, numpy only. The steps:
   colour (the band a blurred or speckled picture widens), per pixel of outline (the pixels the mask's outline
   passes through: the changes between 4-neighbours, its crack length). A clean render: about 0.5; at 1024 px,
   bicubic from a clean 256 px render: about 2.5.
+* dark band (``dark_band``, for the outline style of issue 20): the pixels nearer ``OUTLINE`` than the background and
+  shape colours (and within ``FAR`` of it), per pixel of the outline of everything that is not background. At 64 px,
+  a clean render: 0 (up to 0.3 on black, the colour nearest ``OUTLINE``); one drawn with ``outline=0.03``: 0.5-1.2.
 * shape: the one whose template (same area, same centroid, upright as the generator draws it) overlaps the
   mask best (intersection over union); ``fill`` (mask area / its bounding box: circle π/4, square 1, triangle
   1/2) is reported alongside.
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from unclip.demo.shapes import AREAS, ATTRIBUTES, COLOURS, PALETTE, SHAPES, Attributes, coverage
+from unclip.demo.shapes import AREAS, ATTRIBUTES, COLOURS, OUTLINE, PALETTE, SHAPES, Attributes, coverage
 from unclip.errors import UnclipError
 
 _RGB = np.asarray([PALETTE[c] for c in COLOURS], dtype=np.float32)
@@ -148,6 +151,21 @@ def detect(image) -> Detection:
         match=match,
         edge_width=round(band / outline(mask), 4),
     )
+
+
+def dark_band(image) -> float:
+    """The width in pixels of the dark (``OUTLINE``) band along the shape's edge: its pixels per pixel of the outline
+    of the not-background region (see the module docstring). Background and shape colour are read as ``detect``
+    reads them; pictures whose background or shape is black (the palette colour nearest ``OUTLINE``) cannot show it."""
+    found = detect(image)
+    if found.colour is None:
+        return 0.0
+    pixels = as_pixels(image)
+    anchors = np.asarray([PALETTE[found.background], PALETTE[found.colour], OUTLINE], dtype=np.float32)
+    distance = np.sqrt(((pixels[..., None, :] - anchors) ** 2).sum(-1))  # (H, W, 3): to background, shape, outline
+    dark = (distance.argmin(-1) == 2) & (distance[..., 2] < FAR)
+    silhouette = distance.argmin(-1) != 0
+    return round(int(dark.sum()) / max(1, outline(silhouette)), 4)
 
 
 def outline(mask: np.ndarray) -> int:
