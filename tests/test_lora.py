@@ -276,7 +276,7 @@ def test_lora_presets_load_with_an_adapter():
     from unclip.train.config import load_train_config
 
     presets = sorted((Path(__file__).parent.parent / "configs" / "train").glob("*-lora.yaml"))
-    assert {p.stem for p in presets} >= {"karlo-decoder-lora", "karlo-prior-lora", "tiny-decoder-lora"}
+    assert {p.stem for p in presets} >= {"karlo-decoder-lora", "karlo-prior-lora", "karlo-x4-lora", "tiny-decoder-lora"}
     for preset in presets:
         config = load_train_config(preset, ["data.path=d"])
         assert config.lora.rank > 0 and config.lora.alpha > 0, preset

@@ -296,3 +296,21 @@ def test_two_processes_resume_repeats_the_uninterrupted_run(tmp_path, data):
     expected, got = read_log(whole), read_log(split)
     assert [got[step]["loss"] for step in (4, 5, 6)] == [expected[step]["loss"] for step in (4, 5, 6)]
     assert got[6]["skipped"] == expected[6]["skipped"]
+
+
+def test_the_x4_latent_upscaler_trains_a_lora_adapter_and_its_loss_falls(tmp_path, model_yaml):
+    """Karlo + x4's sr1024 (the SD x4 latent upscaler): v-prediction on its VAE's latents of 1024 px crops, the
+    degraded 256 px copy and the caption as at sampling."""
+    from unclip.lora import read_adapter
+    from unclip.train.trainer import train
+
+    data = make_dataset(tmp_path / "eight", n=8, corrupt=0)
+    overrides = [f"init_from={model_yaml}", "stage=sr1024", f"data.path={data}", f"output_dir={tmp_path / 'run'}",
+                 "max_steps=12", "batch_size=8", "ema.enabled=false", "tensorboard=false", "checkpoint_every=1000",
+                 "optim.lr=1e-2", "lora.rank=8", "validation.every=0", "sr.crop_fraction=0.125"]  # fmt: skip
+    config = load_train_config(None, overrides)
+    trained = train(config)
+    adapter = read_adapter(trained.parent / "pytorch_lora_weights.safetensors", weights=False)
+    assert (adapter.component, adapter.stage) == ("upscaler_unet", "sr1024")
+    before, after = _eval_loss(model_yaml, "sr1024", data, config), _eval_loss(trained, "sr1024", data, config)
+    assert after < 0.9 * before, (before, after)  # measured: 0.619 → 0.538

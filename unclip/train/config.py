@@ -74,6 +74,7 @@ class SuperResOptions:
     noise_sigma: tuple[float, ...] = ()
     jpeg_quality: tuple[int, ...] = ()
     train: str = "both"  # sr256 only: "first", "last" (Karlo's final-step model) or "both" (one model for both)
+    text_drop: float = 0.1  # the x4 latent upscaler's caption dropout (its guidance's empty prompt)
 
 
 @dataclass
@@ -138,6 +139,7 @@ class TrainConfig:
                 f"decoder.pyramid_noise must be in [0, 1), got {self.decoder.pyramid_noise}",
             ),
             (0 < self.sr.crop_fraction <= 1, f"sr.crop_fraction must be in (0, 1], got {self.sr.crop_fraction}"),
+            (0 <= self.sr.text_drop <= 1, f"sr.text_drop must be in [0, 1], got {self.sr.text_drop}"),
             (
                 len(self.sr.blur_sigma) == 2 and 0 < self.sr.blur_sigma[0] <= self.sr.blur_sigma[1],
                 f"sr.blur_sigma must be [low, high] with 0 < low ≤ high, got {list(self.sr.blur_sigma)}",

@@ -13,7 +13,8 @@ condition dropout, degraded low-res inputs), drawing every random number from th
   (``decoder.pyramid_noise``) so that flat colours and layout are decided by the conditioning.
 * ``sr256`` / ``sr1024``: ε-prediction MSE on random crops of a quarter of the target size, the low-res
   input degraded (Gaussian blur; for 256→1024 also noise and JPEG compression, DALL·E 2 Appendix C) and
-  noise-augmented at the inference level.
+  noise-augmented at the inference level. The x4 latent upscaler (Karlo + x4's sr1024): the same crops and
+  degradation, v-prediction on its VAE's latents, its caption through its own text encoder.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from unclip.pipeline import UnCLIPCascade
 from unclip.stages.decoder import DecoderDenoiser
 from unclip.stages.pixel import ConcatDenoiser, augmentation_schedule
 from unclip.stages.prior import PriorDenoiser
+from unclip.stages.x4 import LatentUpscalerDenoiser
 from unclip.text import TextConditioning, tokenize
 from unclip.train.config import TrainConfig
 from unclip.train.data import pick_captions
@@ -270,12 +272,70 @@ class SuperResObjective(nn.Module):
         return weight * ((out[:, : target.shape[1]] - target) ** 2).flatten(1).mean(1)
 
 
-# The objective of each kind of stage that trains (``unclip.stages.KINDS``; the x4 latent upscaler does not).
+class LatentUpscalerObjective(SuperResObjective):
+    """256→1024 with the Stable Diffusion x4 latent upscaler (``upscaler_unet``; its text encoder and VAE frozen):
+    v-prediction MSE on the VAE latents (× ``scaling_factor``) of random crops of the 1024 px image, conditioned as
+    ``unclip.stages.x4`` samples: the crop's degraded copy at a quarter of its side, noise-augmented at the
+    inference level by the upscaler's own low-res scheduler, concatenated to x_t, the level as class label; the
+    caption through the upscaler's CLIP text encoder, dropped ``sr.text_drop`` of the time (the empty prompt of
+    guidance)."""
+
+    def __init__(self, cascade: UnCLIPCascade, config: TrainConfig):
+        super().__init__(cascade, config, "sr1024")
+        self.augment = cascade.upscaler_low_res_scheduler
+        vae = cascade.upscaler_vae
+        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent (4: 256 latents → 1024 px)
+        self.size = cascade.stages["sr1024"].size
+        self.text_drop = config.sr.text_drop
+        self._frozen = (cascade, vae)  # a tuple: not submodules, so neither trained nor wrapped by DDP
+
+    @torch.no_grad()
+    def _text(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        cascade = self._frozen[0]
+        encoder = cascade.upscaler_text_encoder
+        ids, mask = tokenize(cascade.upscaler_tokenizer, texts)
+        use_mask = getattr(encoder.config, "use_attention_mask", False)
+        return encoder(ids.to(device), attention_mask=mask.to(device) if use_mask else None)[0].float()
+
+    @torch.no_grad()
+    def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
+        images = batch["pixel_values"].to(device).float()
+        if images.shape[-1] != self.size:
+            images = F.interpolate(images, size=(self.size, self.size), mode="bicubic", antialias=True).clamp(-1, 1)
+        n = images.shape[0]
+        unit = 8 * self.factor  # the latent crop stays divisible by the UNet's downsampling
+        crop = max(unit, int(self.size * self.options.crop_fraction) // unit * unit)
+        tops = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
+        lefts = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
+        x = torch.stack([im[:, y : y + crop, x : x + crop] for im, y, x in zip(images, tops, lefts, strict=True)])
+        low = F.interpolate(x, size=(crop // self.factor,) * 2, mode="bicubic", antialias=True).clamp(-1, 1)
+        low = self.degrade(low, g)
+        level = torch.full((n,), self.noise_level, dtype=torch.long, device=device)
+        low = self.augment.add_noise(low, _noise(g, low), level)
+        vae = self._frozen[1]
+        posterior = vae.encode(x.to(vae.dtype)).latent_dist
+        x0 = (posterior.mean + posterior.std * _noise(g, posterior.mean)).float() * vae.config.scaling_factor
+        texts = _drop_text(pick_captions(batch, g), _uniform(g, n) < self.text_drop)
+        t = _timesteps(g, n, self.process.num_timesteps)
+        noise = _noise(g, x0)
+        td = t.to(device)
+        return dict(
+            x_t=self.process.q_sample(x0, td, noise), t=td, low_res=low, level=level, hidden=self._text(texts, device),
+            target=self.process.target(x0, td, noise), weight=_weights(self.process, t, self.gamma).to(device),
+        )  # fmt: skip
+
+    def forward(self, x_t, t, low_res, level, hidden, target, weight) -> torch.Tensor:
+        out = LatentUpscalerDenoiser(self.unet, low_res.to(x_t.dtype), level, hidden)(x_t, t, 0).float()
+        return weight * ((out - target) ** 2).flatten(1).mean(1)
+
+
+# The objective of each kind of stage that trains (``unclip.stages.KINDS``).
 OBJECTIVES = {
     "prior": PriorObjective,
     "decoder": DecoderObjective,
     "sr256": lambda cascade, config: SuperResObjective(cascade, config, "sr256"),
     "pixel": lambda cascade, config: SuperResObjective(cascade, config, "sr1024"),
+    "x4": LatentUpscalerObjective,
 }
 CLIP_RESOLUTION = 224  # the images of the text stages feed a CLIP image encoder (unless embeddings are cached)
 
