@@ -17,7 +17,10 @@
 #   decoder, decoder2, decoder3   the 64 px decoder in three phases, each from the previous one's weights, with
 #            every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun launcher).
 #   export   fp16 into models/demo/ (text stages from decoder3, upsamplers from sr1024), the demo's settings.
-#   eval     `unclip eval shapes` of what was shipped, at 64 px (runs/demo/eval-64.json).
+#   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
+#   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside
+#            each edge), configs/train/demo-outline-lora.yaml, shipped as models/demo-lora/outline.safetensors;
+#            retrained when models/demo is newer than it.
 # A training step is finished when its output_dir has model.yaml; an interrupted one resumes from its latest
 # checkpoint (`resume=latest`). Without arguments the text side (clip, embed, prior) and the upsamplers run side
 # by side, each on half the cores. Every step that ran appends "step<TAB>seconds<TAB>date" to runs/demo/times.tsv.
@@ -29,7 +32,7 @@ SEED=${SEED:-0}
 CORES=$(nproc)
 HALF=$(( CORES > 1 ? CORES / 2 : 1 ))
 DECODER_LAUNCH=${DECODER_LAUNCH:-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no}
-STEPS=(data clip embed prior sr256 sr1024 decoder decoder2 decoder3 export eval)
+STEPS=(data clip embed prior sr256 sr1024 decoder decoder2 decoder3 export eval outline)
 mkdir -p runs/demo
 
 say() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -47,10 +50,11 @@ train() {  # train NAME [launcher...]: configs/train/demo-NAME.yaml unless runs/
   if [ $# -eq 0 ]; then set -- python; fi
   timed "$name" "$@" -m unclip.train --config "configs/train/demo-$name.yaml" seed="$SEED" $(resume "$name")
 }
-dataset() {  # dataset FOLDER N SIZE
+dataset() {  # dataset FOLDER N SIZE [more `unclip data shapes` flags]
   [ -f "$1/metadata.jsonl" ] && return
   rm -rf "$1.partial"
-  timed "data $3 px" unclip data shapes "$1.partial" --n "$2" --size "$3" --seed "$SEED" --workers "$CORES" --quiet
+  timed "data $3 px" unclip data shapes "$1.partial" --n "$2" --size "$3" --seed "$SEED" --workers "$CORES" --quiet \
+    "${@:4}"
   mv "$1.partial" "$1"
 }
 
@@ -83,10 +87,26 @@ step_export() {
     --upsamplers runs/demo/sr1024/model.yaml --clip runs/demo/clip --out models/demo --force
   sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
 }
-step_eval() {
-  [ -f runs/demo/eval-64.json ] && [ runs/demo/eval-64.json -nt models/demo/model.yaml ] && return
-  rm -f runs/demo/eval-64.json
-  timed eval unclip eval shapes --model demo --n 192 --size 64 --report runs/demo/eval-64.json --quiet
+step_eval() {  # the issue's two checks: every form at 64 px (n 192), and at 1024 px with the edge width (n 48)
+  local size n
+  for size in 64 1024; do
+    n=$([ "$size" = 64 ] && echo 192 || echo 48)
+    [ -f "runs/demo/eval-$size.json" ] && [ "runs/demo/eval-$size.json" -nt models/demo/model.yaml ] && continue
+    rm -f "runs/demo/eval-$size.json"
+    timed "eval $size px" unclip eval shapes --model demo --n "$n" --size "$size" \
+      --report "runs/demo/eval-$size.json" --quiet
+  done
+}
+step_outline() {
+  local adapter=models/demo-lora/outline.safetensors
+  [ -f "$adapter" ] && [ "$adapter" -nt models/demo/model.yaml ] && return
+  dataset data/shapes-outline 2000 256 --outline 0.06
+  # an adapter trained on an earlier demo is stale, and so is its checkpoint
+  [ -d runs/demo/outline-lora ] && [ models/demo/model.yaml -nt runs/demo/outline-lora/train_config.yaml ] \
+    && rm -rf runs/demo/outline-lora
+  OMP_NUM_THREADS=$HALF train outline-lora $DECODER_LAUNCH
+  mkdir -p models/demo-lora
+  cp runs/demo/outline-lora/pytorch_lora_weights.safetensors "$adapter"
 }
 
 if [ $# -gt 0 ]; then
@@ -112,4 +132,5 @@ step_decoder2
 step_decoder3
 step_export
 step_eval
+step_outline
 say "done: wall times in runs/demo/times.tsv"
