@@ -283,6 +283,9 @@ def test_kill_9_then_resume_repeats_the_uninterrupted_run(tmp_path, data):
     assert resumed_from >= 3 and resumed_from < 12
     for step in range(resumed_from + 1, 13):
         assert got[step]["loss"] == expected[step]["loss"], step
+    # the training clock goes on from the checkpoint's (the first run's seconds up to it; from 0, the step after it
+    # would read less than the steps before it took)
+    assert 0 < got[resumed_from]["seconds"] < got[resumed_from + 1]["seconds"] <= got[12]["seconds"]
 
 
 def test_two_processes_resume_repeats_the_uninterrupted_run(tmp_path, data):

@@ -22,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -249,12 +250,12 @@ def train(config: TrainConfig) -> Path:
         ema.to(device)
     model, optimizer, loader, lr_scheduler = accelerator.prepare(objective, optimizer, loader, lr_scheduler)
 
-    state = {"step": 0, "micro": 0, "skipped": 0}
+    state = {"step": 0, "micro": 0, "skipped": 0, "seconds": 0.0}  # seconds: of training, across resumes
     resume_from = resolve_resume(config)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         load_ema(ema, resume_from)
-        state = json.loads((resume_from / STATE_FILE).read_text())
+        state = {"seconds": 0.0, **json.loads((resume_from / STATE_FILE).read_text())}
         accelerator.print(f"resumed from {resume_from} at step {state['step']}")
     if accelerator.is_main_process and config.tensorboard:
         accelerator.init_trackers("unclip", config={k: str(v) for k, v in _flat(to_dict(config)).items()})
@@ -269,6 +270,7 @@ def train(config: TrainConfig) -> Path:
     )
     unwrapped = accelerator.unwrap_model(model)
     losses: list[torch.Tensor] = []
+    started = time.monotonic() - state["seconds"]  # the clock goes on from the checkpoint's
     while state["step"] < config.max_steps:
         epoch, offset = divmod(state["micro"], per_epoch)
         loader.set_epoch(epoch)
@@ -296,6 +298,7 @@ def train(config: TrainConfig) -> Path:
             if ema is not None:
                 ema.step(params)
             state["step"] += 1
+            state["seconds"] = round(time.monotonic() - started, 1)
             bar.update(1)
             step_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
             losses.clear()
@@ -327,7 +330,8 @@ def _log(accelerator, config: TrainConfig, path: Path, state: dict, loss: float,
         raise UnclipError(f"the loss is {loss} at step {state['step']}: lower optim.lr, or use bf16 rather than fp16")
     if accelerator.is_main_process:
         with path.open("a") as f:
-            f.write(json.dumps({"step": state["step"], "loss": loss, "lr": lr, "skipped": state["skipped"]}) + "\n")
+            line = {"step": state["step"], "loss": loss, "lr": lr, "skipped": state["skipped"]}
+            f.write(json.dumps({**line, "seconds": state["seconds"]}) + "\n")
     if state["step"] % config.log_every == 0 or state["step"] == 1:
         accelerator.log({"loss": loss, "lr": lr, "skipped_images": state["skipped"]}, step=state["step"])
 
