@@ -23,7 +23,8 @@
 #            retrained when models/demo is newer than it.
 # A training step is finished when its output_dir has model.yaml; an interrupted one resumes from its latest
 # checkpoint (`resume=latest`). Without arguments the text side (clip, embed, prior) and the upsamplers run side
-# by side, each on half the cores. Every step that ran appends "step<TAB>seconds<TAB>date" to runs/demo/times.tsv.
+# by side, each on half the cores. Every step that ran appends "step<TAB>seconds<TAB>date" to runs/demo/times.tsv
+# (a training step resumed in another session: that session's part, then "NAME (all sessions)", the trainer's clock).
 # Everything goes under runs/demo/ and data/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,10 @@ train() {  # train NAME [launcher...]: configs/train/demo-NAME.yaml unless runs/
   [ -f "runs/demo/$name/model.yaml" ] && return
   if [ $# -eq 0 ]; then set -- python; fi
   timed "$name" "$@" -m unclip.train --config "configs/train/demo-$name.yaml" seed="$SEED" $(resume "$name")
+  # and the trainer's own clock over every session's part of the run (the "seconds" of train_log.jsonl)
+  printf '%s\t%s\t%s\n' "$name (all sessions)" "$(python -c 'import json, sys
+print(round(max(json.loads(line).get("seconds") or 0 for line in open(sys.argv[1]))))' "runs/demo/$name/train_log.jsonl")" \
+    "$(date -u +%FT%TZ)" >> runs/demo/times.tsv
 }
 dataset() {  # dataset FOLDER N SIZE [more `unclip data shapes` flags]
   [ -f "$1/metadata.jsonl" ] && return
