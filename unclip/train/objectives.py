@@ -307,13 +307,13 @@ class LatentUpscalerObjective(SuperResObjective):
         crop = max(unit, int(self.size * self.options.crop_fraction) // unit * unit)
         tops = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
         lefts = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
-        x = torch.stack([im[:, y : y + crop, x : x + crop] for im, y, x in zip(images, tops, lefts, strict=True)])
-        low = F.interpolate(x, size=(crop // self.factor,) * 2, mode="bicubic", antialias=True).clamp(-1, 1)
+        crops = torch.stack([im[:, y : y + crop, x : x + crop] for im, y, x in zip(images, tops, lefts, strict=True)])
+        low = F.interpolate(crops, size=(crop // self.factor,) * 2, mode="bicubic", antialias=True).clamp(-1, 1)
         low = self.degrade(low, g)
         level = torch.full((n,), self.noise_level, dtype=torch.long, device=device)
         low = self.augment.add_noise(low, _noise(g, low), level)
         vae = self._frozen[1]
-        posterior = vae.encode(x.to(vae.dtype)).latent_dist
+        posterior = vae.encode(crops.to(vae.dtype)).latent_dist
         x0 = (posterior.mean + posterior.std * _noise(g, posterior.mean)).float() * vae.config.scaling_factor
         texts = _drop_text(pick_captions(batch, g), _uniform(g, n) < self.text_drop)
         t = _timesteps(g, n, self.process.num_timesteps)
