@@ -244,15 +244,22 @@ class SuperResObjective(nn.Module):
             low = torch.stack([_jpeg(image, q) for image, q in zip(low, qualities, strict=True)])
         return low.clamp(-1, 1)
 
-    def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
+    def random_crops(self, batch: dict[str, Any], g: torch.Generator, device: torch.device, unit: int,
+                     smallest: int) -> torch.Tensor:  # fmt: skip
+        """The batch's images at the stage's size, and from each a random square crop of ``sr.crop_fraction`` of
+        the side (a multiple of ``unit`` pixels, at least ``smallest``)."""
         images = batch["pixel_values"].to(device).float()
         if images.shape[-1] != self.size:
             images = F.interpolate(images, size=(self.size, self.size), mode="bicubic", antialias=True).clamp(-1, 1)
         n = images.shape[0]
-        crop = max(16, int(self.size * self.options.crop_fraction) // 4 * 4)
+        crop = max(smallest, int(self.size * self.options.crop_fraction) // unit * unit)
         tops = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
         lefts = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
-        x0 = torch.stack([im[:, y : y + crop, x : x + crop] for im, y, x in zip(images, tops, lefts, strict=True)])
+        return torch.stack([im[:, y : y + crop, x : x + crop] for im, y, x in zip(images, tops, lefts, strict=True)])
+
+    def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
+        x0 = self.random_crops(batch, g, device, unit=4, smallest=16)
+        n, crop = x0.shape[0], x0.shape[-1]
         low = F.interpolate(x0, size=(crop // 4, crop // 4), mode="bicubic", antialias=True).clamp(-1, 1)
         low = self.degrade(low, g)
         low = F.interpolate(low, size=(crop, crop), mode="bicubic", antialias=True)
@@ -299,15 +306,9 @@ class LatentUpscalerObjective(SuperResObjective):
 
     @torch.no_grad()
     def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
-        images = batch["pixel_values"].to(device).float()
-        if images.shape[-1] != self.size:
-            images = F.interpolate(images, size=(self.size, self.size), mode="bicubic", antialias=True).clamp(-1, 1)
-        n = images.shape[0]
         unit = 8 * self.factor  # the latent crop stays divisible by the UNet's downsampling
-        crop = max(unit, int(self.size * self.options.crop_fraction) // unit * unit)
-        tops = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
-        lefts = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
-        crops = torch.stack([im[:, y : y + crop, x : x + crop] for im, y, x in zip(images, tops, lefts, strict=True)])
+        crops = self.random_crops(batch, g, device, unit=unit, smallest=unit)
+        n, crop = crops.shape[0], crops.shape[-1]
         low = F.interpolate(crops, size=(crop // self.factor,) * 2, mode="bicubic", antialias=True).clamp(-1, 1)
         low = self.degrade(low, g)
         level = torch.full((n,), self.noise_level, dtype=torch.long, device=device)
