@@ -159,6 +159,7 @@ def test_upsampler_inputs_are_degraded_as_configured(cascade):
         ("sr.noise_sigma=[0.2, 0.1]", "sr.noise_sigma must be [low, high] with 0 ≤ low ≤ high"),
         ("sr.jpeg_quality=[50, 120]", "sr.jpeg_quality must be [low, high] in 0-100"),
         ("sr.blur_sigma=[0, 1]", "sr.blur_sigma must be [low, high] with 0 < low ≤ high"),
+        ("sr.text_drop=1.5", "sr.text_drop must be in [0, 1]"),
     ]:
         with pytest.raises(UnclipError, match=re.escape(message)):
             load_train_config(None, ["stage=sr256", "data.path=d", bad])
