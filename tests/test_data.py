@@ -19,7 +19,7 @@ from test_cli import _error
 from unclip import UnclipError
 from unclip.cli import main
 from unclip.clip_models import OPENAI_MEAN, OPENAI_STD, load_clip_image_encoder
-from unclip.train.data import CaptionedImages, collate, expand_braces
+from unclip.train.data import CaptionedImages, collate, expand_braces, load_image
 from unclip.train.embeddings import cache_path, embed_dataset, load_cached_embeddings
 
 N_GOOD = 10
@@ -195,6 +195,8 @@ def _metadata_error(tmp_path, lines: list[str], files=("0.png",)) -> str:
             ":3: file_name gone.png",
         ),
         ([""], "holds no captioned images"),
+        (['{"file_name": "0.png", "text": "a", "clip_file_name": "gone.png"}'], ":1: clip_file_name gone.png does"),
+        (['{"file_name": "0.png", "text": "a", "clip_file_name": 3}'], ':1: "clip_file_name" must name an image'),
     ],
 )
 def test_bad_metadata_is_refused_at_init(tmp_path, lines, expected):
@@ -341,6 +343,35 @@ def test_embed_then_load_equals_encoding_on_the_fly(tmp_path, shards):
         and tar_file.name == "shard-0..1-.tar--tiny-16.safetensors"
     )
     assert torch.allclose(load_cached_embeddings(spec, "tiny:16").image_embeds, cache.image_embeds, atol=1e-5)
+
+
+def test_paired_images_are_embedded_from_their_clip_file_and_train_only_from_the_cache(tmp_path):
+    """``clip_file_name``: the row's z_i is CLIP's embedding of that other image (an outlined shape's plain twin);
+    training reads the row's own pixels, and a changed twin makes the cache stale."""
+    folder = write_imagefolder(tmp_path / "images", {f"{i:03d}.png": (_png(i), f"caption {i}") for i in range(4)})
+    lines = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    lines[1]["clip_file_name"] = "003.png"  # image 1 is conditioned on image 3's embedding
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    data = CaptionedImages(folder, resolution=32)
+    assert data.paired and torch.equal(data[1]["pixel_values"], load_image(_png(1), 32))  # its own pixels
+    embed_dataset(folder, "tiny:16", progress=False)
+    embeds = load_cached_embeddings(folder, "tiny:16")
+    clip = load_clip_image_encoder("tiny:16")
+    on_the_fly = clip(torch.stack([data[i]["pixel_values"] for i in range(4)]))
+    assert torch.allclose(embeds.image_embeds[[0, 2, 3]], on_the_fly[[0, 2, 3]], atol=1e-5)
+    assert torch.allclose(embeds.image_embeds[1], on_the_fly[3], atol=1e-5)  # the twin's, not its own
+    assert not torch.allclose(embeds.image_embeds[1], on_the_fly[1], atol=1e-2)
+    (folder / "003.png").write_bytes(_png(30))
+    with pytest.raises(UnclipError, match="is stale"):
+        load_cached_embeddings(folder, "tiny:16")
+    cache_path(folder, "tiny:16").unlink()  # no cache: training would embed its own pixels, so it refuses
+    from unclip.train.config import load_train_config
+    from unclip.train.trainer import build_frozen
+
+    config = load_train_config(None, ["stage=decoder", f"data.path={folder}", "data.clip=tiny:16"])
+    with pytest.raises(UnclipError, match="pairs images with others for their CLIP embeddings") as err:
+        build_frozen(config, None, CaptionedImages(folder, 32), torch.device("cpu"))
+    assert f"unclip embed {folder} --clip tiny:16" in str(err.value)
 
 
 def test_stale_cache_is_refused(tmp_path):

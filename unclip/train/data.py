@@ -13,7 +13,9 @@ Formats, detected from the path:
   folder) and ``text`` (the Hugging Face datasets imagefolder convention). ``text`` may also be a list: every
   caption true of the image (MS-COCO has five; ``unclip data shapes`` writes each form of its grammar). Training
   draws one of them at random each time it sees the image (``pick_captions``); the first is the image's
-  ``text`` everywhere else.
+  ``text`` everywhere else. An optional ``clip_file_name`` pairs the image with another whose CLIP embedding
+  conditions it (z_i; ``unclip embed`` embeds that one, and training then needs the cache): a style drawn on
+  content the prior makes unstyled, as in ``unclip data shapes --outline`` (each outlined image's plain twin).
 * webdataset: a ``.tar`` file, a folder of ``.tar`` files, or a glob or brace list (``shards-{000..009}.tar``).
   Members are grouped by key (the name up to the first dot of its base name); the image is the .jpg, .jpeg,
   .png or .webp member, the caption the .txt member or the ``text`` / ``caption`` field of the .json member
@@ -64,6 +66,7 @@ class _Sample(NamedTuple):
     file: str  # the image file, or the shard that holds it
     offset: int  # of the image bytes in the shard; -1: the whole file
     size: int
+    clip_file: str = ""  # imagefolder: the image CLIP embeds for this one's z_i (``clip_file_name``); "": itself
 
     @property
     def text(self) -> str:
@@ -177,9 +180,24 @@ def _index_imagefolder(source: Source) -> tuple[list[_Sample], list[tuple[str, i
             stat = (folder / name).stat()
         except OSError:
             raise UnclipError(f"{where}: file_name {name} does not exist in {folder}: fix or remove the line") from None
-        samples.append(_Sample(name, captions, str(folder / name), -1, stat.st_size))
+        samples.append(_Sample(name, captions, str(folder / name), -1, stat.st_size, _clip_file(row, folder, where)))
         stats.append((name, stat.st_size, stat.st_mtime_ns))
+        if samples[-1].clip_file:  # a changed twin makes the cached embeddings stale too
+            twin = Path(samples[-1].clip_file).stat()
+            stats.append((row["clip_file_name"], twin.st_size, twin.st_mtime_ns))
     return samples, stats
+
+
+def _clip_file(row: dict, folder: Path, where: str) -> str:
+    """The path of the row's ``clip_file_name`` (the image CLIP sees for its z_i), or "" when it has none."""
+    name = row.get("clip_file_name")
+    if name is None:
+        return ""
+    if not isinstance(name, str) or not name:
+        raise UnclipError(f'{where}: "clip_file_name" must name an image file in {folder}, or be left out')
+    if not (folder / name).is_file():
+        raise UnclipError(f"{where}: clip_file_name {name} does not exist in {folder}: fix or remove it")
+    return str(folder / name)
 
 
 def _index_shards(source: Source) -> tuple[list[_Sample], list[tuple[str, int, int]]]:
@@ -272,6 +290,8 @@ class CaptionedImages(torch.utils.data.Dataset):
             raise UnclipError(f"{path} holds no captioned images: add images (and captions) or fix the path")
         self.keys: list[str] = [s.key for s in self._samples]
         self.texts: list[str] = [s.text for s in self._samples]
+        self.paired = any(s.clip_file for s in self._samples)  # some z_i come from another image (clip_file_name)
+        self.clip_view = False  # True: each item is the image CLIP embeds for its z_i (what `unclip embed` reads)
         self._fingerprint: str | None = None
         self._warned: set[int] = set()
 
@@ -294,8 +314,10 @@ class CaptionedImages(torch.utils.data.Dataset):
         return {"pixel_values": pixels, "text": sample.text, "captions": sample.captions, "key": sample.key, "index": i}
 
     def read_bytes(self, i: int) -> bytes:
-        """The encoded image of sample ``i``, as stored."""
+        """The encoded image of sample ``i``, as stored (with ``clip_view``: its ``clip_file_name`` if it has one)."""
         sample = self._samples[i]
+        if self.clip_view and sample.clip_file:
+            return Path(sample.clip_file).read_bytes()
         with open(sample.file, "rb") as f:
             if sample.offset >= 0:
                 f.seek(sample.offset)

@@ -104,6 +104,7 @@ def embed_dataset(
     _check_writable(target.parent)  # an unwritable folder fails before the work, not after
     encoder = load_clip_image_encoder(clip_name, device=device, dtype=dtype)
     dataset.resolution = encoder.image_size  # images read once at CLIP's size, as CLIP's own preprocessing
+    dataset.clip_view = True  # a row's clip_file_name, where it has one
     embeds = torch.zeros(len(dataset), encoder.dim, dtype=torch.float32)
     valid = torch.zeros(len(dataset), dtype=torch.bool)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)

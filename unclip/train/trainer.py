@@ -118,6 +118,11 @@ def build_frozen(config: TrainConfig, cascade, dataset, device: torch.device) ->
     cache = load_cached_embeddings(config.data.path, config.data.clip, dataset) if config.data.use_cache else None
     if cache is not None:
         frozen.cache = cache
+    elif dataset.paired:  # the on-the-fly encoder sees the training pixels, not the paired images
+        raise UnclipError(
+            f"{config.data.path} pairs images with others for their CLIP embeddings (clip_file_name): embed them "
+            f"first with `unclip embed {config.data.path} --clip {config.data.clip}` (and keep data.use_cache true)"
+        )
     else:
         from unclip.clip_models import load_clip_image_encoder
 
