@@ -331,6 +331,7 @@ def test_an_outline_is_a_dark_band_inside_the_edge_and_nothing_else(tmp_path):
     import json
 
     import numpy as np
+    from PIL import Image
 
     from unclip.cli import main
     from unclip.demo.shapes import OUTLINE, PALETTE, render, sample_scene
@@ -346,7 +347,9 @@ def test_an_outline_is_a_dark_band_inside_the_edge_and_nothing_else(tmp_path):
     argv = ["data", "shapes", str(tmp_path / "o"), "--n", "2", "--size", "64", "--outline", "0.03", "--quiet"]
     assert main(argv) == 0
     row = json.loads((tmp_path / "o" / "metadata.jsonl").read_text().splitlines()[0])
-    assert row["outline"] == 0.03
+    assert row["outline"] == 0.03 and row["clip_file_name"] == "plain/00000.png"
+    twin, styled = (np.asarray(Image.open(tmp_path / "o" / name)) for name in (row["clip_file_name"], row["file_name"]))
+    assert np.array_equal(twin, render(sample_scene(0, 0), 64)) and not np.array_equal(twin, styled)
 
 
 def test_the_checker_reads_the_dark_band_of_an_outline_and_none_on_a_plain_render():

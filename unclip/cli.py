@@ -126,7 +126,8 @@ def add_data_shapes_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=image_side, default=1024, help="image side in pixels")
     p.add_argument("--workers", type=workers, default=0, help="processes drawing and writing (0: this one)")
     p.add_argument("--outline", type=float, default=0.0, metavar="FRACTION", help="a dark band this wide (a "
-                   "fraction of the side, e.g. 0.03) inside each shape's edge: a style for a LoRA adapter")  # fmt: skip
+                   "fraction of the side, e.g. 0.03) inside each shape's edge: a style for a LoRA adapter; each "
+                   "image's plain twin goes into plain/ for its CLIP embedding (clip_file_name)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -289,6 +289,7 @@ def _eval_round(rng: np.random.Generator) -> list[Attributes]:
 
 
 # ------------------------------------------------------------------------------------------------ drawing
+PLAIN = "plain"  # the subfolder of an outlined dataset's plain twins (``clip_file_name``)
 OUTLINE = (40, 40, 40)  # the dark grey of ``outline``: a style to teach a LoRA adapter (issue 20)
 
 
@@ -356,7 +357,12 @@ def _write_one(job: tuple[Path, int, int, int, int, float]) -> dict[str, Any]:
     with open(out / name, "xb") as handle:  # exclusive: never overwrite
         Image.fromarray(render(scene, size, outline)).save(handle, format="PNG")
     row = metadata_row(scene, name, index)
-    return {**row, "outline": outline} if outline else row
+    if not outline:
+        return row
+    twin = f"{PLAIN}/{name}"  # the same scene unstyled: what the prior makes from the caption, for the image's z_i
+    with open(out / twin, "xb") as handle:
+        Image.fromarray(render(scene, size)).save(handle, format="PNG")
+    return {**row, "outline": outline, "clip_file_name": twin}
 
 
 def prepare_folder(out: Path) -> Path:
@@ -383,9 +389,12 @@ def write_dataset(
 ) -> Path:
     """Write ``n`` images and ``metadata.jsonl`` into the new or empty folder ``out``; returns the metadata path.
 
-    The images depend on ``seed`` and their index only, not on ``workers`` (processes; 0: this one).
+    The images depend on ``seed`` and their index only, not on ``workers`` (processes; 0: this one). With
+    ``outline``, each image's plain twin goes into ``plain/`` and its row names it as ``clip_file_name``.
     """
     out = prepare_folder(Path(out))
+    if outline:
+        (out / PLAIN).mkdir()
     width = max(5, len(str(n - 1)))
     jobs = ((out, seed, i, size, width, outline) for i in range(n))
     metadata = out / METADATA
