@@ -19,8 +19,9 @@
 #   export   fp16 into models/demo/ (text stages from decoder3, upsamplers from sr1024), the demo's settings.
 #   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
 #   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside
-#            each edge), configs/train/demo-outline-lora.yaml, shipped as models/demo-lora/outline.safetensors;
-#            retrained when models/demo is newer than it.
+#            each edge; z_i from each image's plain twin, embedded by the shipped CLIP),
+#            configs/train/demo-outline-lora.yaml, shipped as models/demo-lora/outline.safetensors; retrained
+#            when models/demo is newer than it.
 # A training step is finished when its output_dir has model.yaml; an interrupted one resumes from its latest
 # checkpoint (`resume=latest`). Without arguments the text side (clip, embed, prior) and the upsamplers run side
 # by side, each on half the cores. Every step that ran appends "step<TAB>seconds<TAB>date" to runs/demo/times.tsv
@@ -106,6 +107,10 @@ step_outline() {
   local adapter=models/demo-lora/outline.safetensors
   [ -f "$adapter" ] && [ "$adapter" -nt models/demo/model.yaml ] && return
   dataset data/shapes-outline 2000 256 --outline 0.06
+  # z_i of each outlined image: its plain twin's embedding by the shipped CLIP (redone when the demo is newer)
+  local cache=data/shapes-outline/.unclip-cache/hf-models-demo-clip-image_encoder.safetensors
+  [ -f "$cache" ] && [ "$cache" -nt models/demo/model.yaml ] \
+    || timed "embed outline" unclip embed data/shapes-outline --clip hf:models/demo/clip/image_encoder
   # an adapter trained on an earlier demo is stale, and so is its checkpoint
   [ -d runs/demo/outline-lora ] && [ models/demo/model.yaml -nt runs/demo/outline-lora/train_config.yaml ] \
     && rm -rf runs/demo/outline-lora
