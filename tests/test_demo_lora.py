@@ -60,13 +60,14 @@ def test_serve_applies_the_adapter_and_names_it(tmp_path):
     from fastapi.testclient import TestClient
     from PIL import Image
 
-    from unclip.cli_serve import build
+    from unclip.cli_serve import add_serve_args, build
 
     with socket.create_server(("127.0.0.1", 0)) as free:  # build checks that it could listen there
         port = free.getsockname()[1]
-    args = argparse.Namespace(model="demo", out=tmp_path / "served", host="127.0.0.1", port=port, max_batch=8,
-                              max_queue=4, batch_wait=0.0, api_key=None, cors=None, dtype="auto", device="cpu",
-                              attention="sdpa", offload=False, lora=[f"{ADAPTER}:1"])  # fmt: skip
+    parser = argparse.ArgumentParser()
+    add_serve_args(parser)  # `unclip serve`'s own flags
+    args = parser.parse_args(["--model", "demo", "--out", str(tmp_path / "served"), "--port", str(port), "--max-queue",
+                              "4", "--batch-wait", "0", "--device", "cpu", "--lora", f"{ADAPTER}:1"])  # fmt: skip
     engine, app = build(args)
     engine.start()
     try:

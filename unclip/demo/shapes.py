@@ -354,15 +354,18 @@ def _write_one(job: tuple[Path, int, int, int, int, float]) -> dict[str, Any]:
     out, seed, index, size, width, outline = job
     scene = sample_scene(seed, index)
     name = f"{index:0{width}d}.png"
-    with open(out / name, "xb") as handle:  # exclusive: never overwrite
-        Image.fromarray(render(scene, size, outline)).save(handle, format="PNG")
+    _write_png(out / name, render(scene, size, outline))
     row = metadata_row(scene, name, index)
     if not outline:
         return row
     twin = f"{PLAIN}/{name}"  # the same scene unstyled: what the prior makes from the caption, for the image's z_i
-    with open(out / twin, "xb") as handle:
-        Image.fromarray(render(scene, size)).save(handle, format="PNG")
+    _write_png(out / twin, render(scene, size))
     return {**row, "outline": outline, "clip_file_name": twin}
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    with open(path, "xb") as handle:  # exclusive: never overwrite
+        Image.fromarray(pixels).save(handle, format="PNG")
 
 
 def prepare_folder(out: Path) -> Path:

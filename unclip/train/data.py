@@ -180,23 +180,25 @@ def _index_imagefolder(source: Source) -> tuple[list[_Sample], list[tuple[str, i
             stat = (folder / name).stat()
         except OSError:
             raise UnclipError(f"{where}: file_name {name} does not exist in {folder}: fix or remove the line") from None
-        samples.append(_Sample(name, captions, str(folder / name), -1, stat.st_size, _clip_file(row, folder, where)))
         stats.append((name, stat.st_size, stat.st_mtime_ns))
-        if samples[-1].clip_file:  # a changed twin makes the cached embeddings stale too
-            twin = Path(samples[-1].clip_file).stat()
-            stats.append((row["clip_file_name"], twin.st_size, twin.st_mtime_ns))
+        clip_file = _clip_file(row, folder, where, stats)
+        samples.append(_Sample(name, captions, str(folder / name), -1, stat.st_size, clip_file))
     return samples, stats
 
 
-def _clip_file(row: dict, folder: Path, where: str) -> str:
-    """The path of the row's ``clip_file_name`` (the image CLIP sees for its z_i), or "" when it has none."""
+def _clip_file(row: dict, folder: Path, where: str, stats: list[tuple[str, int, int]]) -> str:
+    """The path of the row's ``clip_file_name`` (the image CLIP sees for its z_i), or "" when it has none; its
+    (name, size, mtime) joins ``stats``: a changed twin makes the cached embeddings stale too."""
     name = row.get("clip_file_name")
     if name is None:
         return ""
     if not isinstance(name, str) or not name:
         raise UnclipError(f'{where}: "clip_file_name" must name an image file in {folder}, or be left out')
-    if not (folder / name).is_file():
-        raise UnclipError(f"{where}: clip_file_name {name} does not exist in {folder}: fix or remove it")
+    try:
+        stat = (folder / name).stat()
+    except OSError:
+        raise UnclipError(f"{where}: clip_file_name {name} does not exist in {folder}: fix or remove it") from None
+    stats.append((name, stat.st_size, stat.st_mtime_ns))
     return str(folder / name)
 
 
