@@ -165,6 +165,32 @@ def test_upsampler_inputs_are_degraded_as_configured(cascade):
             load_train_config(None, ["stage=sr256", "data.path=d", bad])
 
 
+def test_prediction_type_sets_the_target_and_the_exported_scheduler(tmp_path, data):
+    """``prediction_type=sample``: the pixel upsampler learns x_0, and its exported scheduler says so, so that
+    sampling reads its output as x_0 too."""
+    from unclip.pipeline import UnCLIPCascade
+    from unclip.train.objectives import objective_for
+    from unclip.train.trainer import set_prediction_type, train
+
+    overrides = [f"data.path={data}", f"output_dir={tmp_path / 'run'}", "max_steps=1", "batch_size=2",
+                 "tensorboard=false", "prediction_type=sample"]  # fmt: skip
+    config = load_train_config(Path(__file__).parent.parent / "configs" / "train" / "tiny-sr1024.yaml", overrides)
+    trained = UnCLIPCascade.from_pretrained(train(config))
+    assert trained.upscaler_scheduler.config.prediction_type == "sample"
+    objective = objective_for(trained, config)
+    batch = {"pixel_values": torch.rand(2, 3, 64, 64) * 2 - 1}
+    inputs = objective.prepare(batch, None, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert inputs["target"].abs().max() <= 1 and not torch.allclose(inputs["target"], inputs["x_t"])  # x_0, not ε
+    fresh = UnCLIPCascade.from_pretrained(tmp_path / "run" / "init" / "model.yaml")
+    assert fresh.upscaler_scheduler.config.prediction_type == "epsilon"  # the architecture's own, unchanged
+    with pytest.raises(UnclipError, match="UnCLIPScheduler samples only epsilon or sample models"):
+        set_prediction_type(
+            fresh, load_train_config(None, ["stage=sr1024", "data.path=d", "prediction_type=v_prediction"])
+        )
+    with pytest.raises(UnclipError, match="prediction_type must be one of epsilon, sample, v_prediction"):
+        load_train_config(None, ["data.path=d", "prediction_type=x0"])
+
+
 # -------------------------------------------------------------------------------------- loss goes down
 def _eval_loss(model_yaml: Path, stage: str, data: Path, config) -> float:
     """The stage's loss on the 8 training samples with a fixed generator: same t, noise and dropout."""

@@ -21,6 +21,7 @@ from unclip.errors import UnclipError
 from unclip.stages import STAGES, first_of
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
 @dataclass
@@ -110,6 +111,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     min_snr_gamma: float = 0.0  # Min-SNR-γ loss weighting (Hang et al. 2023); 0 = off
+    # what the trained stage's model predicts: epsilon, sample (x_0) or v_prediction; None: its scheduler's own.
+    # Written into the exported scheduler config, so sampling follows; for a model trained from scratch.
+    prediction_type: str | None = None
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 3
     resume: str | None = None  # a checkpoint folder, or "latest" in output_dir/checkpoints
@@ -137,6 +141,10 @@ class TrainConfig:
             (
                 0 <= self.decoder.pyramid_noise < 1,
                 f"decoder.pyramid_noise must be in [0, 1), got {self.decoder.pyramid_noise}",
+            ),
+            (
+                self.prediction_type in (None, *PREDICTION_TYPES),
+                f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}",
             ),
             (0 < self.sr.crop_fraction <= 1, f"sr.crop_fraction must be in (0, 1], got {self.sr.crop_fraction}"),
             (0 <= self.sr.text_drop <= 1, f"sr.text_drop must be in [0, 1], got {self.sr.text_drop}"),

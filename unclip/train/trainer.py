@@ -109,6 +109,20 @@ def load_cascade(config: TrainConfig, accelerator: Accelerator):
     return cascade
 
 
+def set_prediction_type(cascade, config: TrainConfig) -> None:
+    """The trained stage's scheduler with ``config.prediction_type``: the training target follows it
+    (``unclip.train.losses.Process``), and so do the exported scheduler config and sampling."""
+    if config.prediction_type is None:
+        return
+    stage = cascade.stages[config.stage]
+    reference = stage.reference_scheduler(cascade)
+    if type(reference).__name__ == "UnCLIPScheduler" and config.prediction_type == "v_prediction":
+        raise UnclipError(f"prediction_type v_prediction: the {config.stage} stage's UnCLIPScheduler samples only "
+                          "epsilon or sample models; choose one of those")  # fmt: skip
+    scheduler = type(reference).from_config(reference.config, prediction_type=config.prediction_type)
+    cascade.register_modules(**{stage.scheduler: scheduler})
+
+
 def build_frozen(config: TrainConfig, cascade, dataset, device: torch.device) -> Frozen:
     frozen = Frozen(cascade)
     if not first_of(config.stage).trains_on_clip:
@@ -226,6 +240,7 @@ def train(config: TrainConfig) -> Path:
 
     dataset = CaptionedImages(config.data.path, config.data.resolution or data_resolution(config.stage))
     cascade = load_cascade(config, accelerator)
+    set_prediction_type(cascade, config)
     if config.stage == "sr256" and config.sr.train == "both":  # one model for every sr256 step
         cascade.register_modules(super_res_last=cascade.super_res_first)
     objective = objective_for(cascade, config)
