@@ -30,6 +30,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
+from diffusers import UnCLIPScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors import safe_open
@@ -116,7 +117,7 @@ def set_prediction_type(cascade, config: TrainConfig) -> None:
         return
     stage = cascade.stages[config.stage]
     reference = stage.reference_scheduler(cascade)
-    if type(reference).__name__ == "UnCLIPScheduler" and config.prediction_type == "v_prediction":
+    if isinstance(reference, UnCLIPScheduler) and config.prediction_type == "v_prediction":
         raise UnclipError(f"prediction_type v_prediction: the {config.stage} stage's UnCLIPScheduler samples only "
                           "epsilon or sample models; choose one of those")  # fmt: skip
     scheduler = type(reference).from_config(reference.config, prediction_type=config.prediction_type)
