@@ -1,6 +1,8 @@
 """A pixel-space 256→1024 upsampler as the model config's `upscaler:` (the layout unclip's trainer writes)."""
 
 import json
+import runpy
+from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -218,3 +220,18 @@ def test_start_runs_the_late_steps_from_the_noised_low_res_image(pixel_cascade, 
     assert inverted.settings["decoder"].start == 500  # the edits' inversion depth
     with pytest.raises(UnclipError, match="the decoder's start is where a DDIM inversion stops"):
         pixel_cascade.plan(stage_args={"decoder_start": 500})  # text-to-image starts from noise
+
+
+def test_the_upsampler_probe_measures_bicubic_and_the_stage_on_known_inputs(tmp_path, pixel_yaml, pixel_dir):
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "probe_upsampler.py"))["main"]
+    out = tmp_path / "probe.json"
+    argv = ["--model", str(pixel_yaml), "--upscaler", str(pixel_dir), "--n", "1", "--settings", "1000:1"]
+    assert main([*argv, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["input"], r["setting"]) for r in rows] == [
+        ("clean", "bicubic"), ("clean", "1000:1"), ("decoded", "bicubic"), ("decoded", "1000:1")
+    ]  # fmt: skip
+    # bicubic from a clean 256 px render: read back right, edges about 2.5 px at 1024 px, flat corners
+    assert rows[0]["all"] == 1.0 and 2.0 < rows[0]["edge"] < 3.0 and rows[0]["corner_std"] == 0
+    # a random upsampler's one step from pure noise draws noise, which the corners show
+    assert rows[1]["corner_std"] > 20 and all(r["seconds"] > 0 for r in rows)
