@@ -1,11 +1,12 @@
 """Ship a trained cascade as the offline demo: fp16 safetensors in the hub layouts, loaded by `--model demo`.
 
-    python scripts/export_demo.py runs/demo/decoder/model.yaml --upsamplers runs/demo/sr1024/model.yaml \
-        --clip runs/demo/clip --out models/demo --force
+    python scripts/export_demo.py runs/demo/decoder3/model.yaml --upsamplers runs/demo/sr256/model.yaml \
+        --upscaler runs/demo/sr1024/model.yaml --clip runs/demo/clip --out models/demo --force
 
 MODEL gives the text encoder, prior, text projection and decoder; --upsamplers (optional) the 64→256
 upsamplers and the 256→1024 upscaler, from a cascade whose upsampler stages were trained apart (they see no
-text, so scripts/train_demo.sh trains them beside the prior and decoder; DALL·E 2 trains its stages apart too).
+text, so scripts/train_demo.sh trains them beside the prior and decoder; DALL·E 2 trains its stages apart too);
+--upscaler (optional) then the 256→1024 upscaler alone (its UNet and scheduler), from another run.
 Writes OUT/unclip (Karlo layout), OUT/upscaler (pixel layout), OUT/model.yaml, and OUT/clip (the demo CLIP's
 image tower, image_encoder/ and feature_extractor/, in fp32, for image variations and
 `data.clip=hf:OUT/clip/image_encoder`), the rest in fp16; prints the size. configs/demo.yaml points at
@@ -27,17 +28,26 @@ from unclip.errors import UnclipError, run_entry_point
 
 def join_upsamplers(cascade, other) -> None:
     """Put ``other``'s 64→256 upsamplers and 256→1024 upscaler (all its upscaler components) into ``cascade``."""
-    from unclip.loading import UPSCALER_PREFIX
-
     if other.upscaler_layout is None:
         raise UnclipError("--upsamplers: that cascade has no 256→1024 upscaler; give the sr1024 run's model.yaml")
     sr256 = other.stages["sr256"]
-    names = [*sr256.components, sr256.scheduler, *(n for n in cascade.components if n.startswith(UPSCALER_PREFIX))]
-    cascade.register_modules(**{name: getattr(other, name) for name in names})
+    cascade.register_modules(**{name: getattr(other, name) for name in [*sr256.components, sr256.scheduler]})
+    join_upscaler(cascade, other)
     cascade.max_noise_level = other.max_noise_level
 
 
-def export(model: str, clip: Path | None, out: Path, force: bool, upsamplers: str | None = None) -> int:
+def join_upscaler(cascade, other) -> None:
+    """Put ``other``'s 256→1024 upscaler (its upscaler components: the UNet and its scheduler) into ``cascade``."""
+    from unclip.loading import UPSCALER_PREFIX
+
+    if other.upscaler_layout is None:
+        raise UnclipError("--upscaler: that cascade has no 256→1024 upscaler; give the sr1024 run's model.yaml")
+    cascade.register_modules(**{n: getattr(other, n) for n in cascade.components if n.startswith(UPSCALER_PREFIX)})
+
+
+def export(
+    model: str, clip: Path | None, out: Path, force: bool, upsamplers: str | None = None, upscaler: str | None = None
+) -> int:
     from unclip.pipeline import UnCLIPCascade
 
     if out.exists() and any(out.iterdir()):
@@ -47,6 +57,8 @@ def export(model: str, clip: Path | None, out: Path, force: bool, upsamplers: st
     cascade = UnCLIPCascade.from_pretrained(model)
     if upsamplers is not None:
         join_upsamplers(cascade, UnCLIPCascade.from_pretrained(upsamplers))
+    if upscaler is not None:
+        join_upscaler(cascade, UnCLIPCascade.from_pretrained(upscaler))
     for component in cascade.components.values():
         if isinstance(component, torch.nn.Module):
             component.to(torch.float16)
@@ -66,14 +78,15 @@ def export(model: str, clip: Path | None, out: Path, force: bool, upsamplers: st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="the trained cascade's model.yaml (the decoder run's output_dir)")
-    parser.add_argument("--upsamplers", help="model.yaml of a cascade whose upsamplers to use (the sr1024 run's)")
+    parser.add_argument("--upsamplers", help="model.yaml of a cascade whose upsamplers to use (the sr256 run's)")
+    parser.add_argument("--upscaler", help="model.yaml of a cascade whose 256→1024 upscaler to use (the sr1024 run's)")
     parser.add_argument("--clip", type=Path, help="the demo CLIP folder (scripts/train_demo_clip.py --out)")
     parser.add_argument("--out", type=Path, default=Path("models/demo"))
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
     args = parser.parse_args(argv)
 
     def run() -> int:
-        size = export(args.model, args.clip, args.out, args.force, args.upsamplers)
+        size = export(args.model, args.clip, args.out, args.force, args.upsamplers, args.upscaler)
         print(f"{args.out}: {size / 2**20:.1f} MiB")
         return 0
 

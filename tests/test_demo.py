@@ -64,6 +64,11 @@ def test_export_joins_upsamplers_trained_apart(tmp_path):
     assert same(a.decoder, out.decoder) and same(a.prior, out.prior) and not same(b.decoder, out.decoder)
     for name in ("super_res_first", "super_res_last", "upscaler_unet"):
         assert same(getattr(b, name), getattr(out, name)) and not same(getattr(a, name), getattr(out, name))
+    # --upscaler: the 256→1024 upscaler alone from a third run (here the text run's), the 64→256 ones still b's
+    export(str(text_run), None, tmp_path / "out2", force=False, upsamplers=str(upsampler_run), upscaler=str(text_run))
+    out2 = UnCLIPCascade.from_pretrained(tmp_path / "out2" / "model.yaml")
+    assert same(b.super_res_first, out2.super_res_first) and same(b.super_res_last, out2.super_res_last)
+    assert same(a.upscaler_unet, out2.upscaler_unet) and not same(b.upscaler_unet, out2.upscaler_unet)
 
 
 def test_demo_architecture_refuses_a_missing_or_mismatched_text_tower(tmp_path):
