@@ -235,3 +235,36 @@ def test_the_upsampler_probe_measures_bicubic_and_the_stage_on_known_inputs(tmp_
     assert rows[0]["all"] == 1.0 and 2.0 < rows[0]["edge"] < 3.0 and rows[0]["corner_std"] == 0
     # a random upsampler's one step from pure noise draws noise, which the corners show
     assert rows[1]["corner_std"] > 20 and all(r["seconds"] > 0 for r in rows)
+
+
+def test_pad_mirrors_the_input_past_each_border_and_crops_the_output(pixel_cascade, cascade):
+    """pad: the UNet sees [x_t, low-res] mirrored pad pixels past each border (rounded up to a multiple of its
+    downsampling factor, 2 for the tiny replica's two levels) and its output is cropped back to 1024."""
+    image = torch.linspace(-1, 1, 3 * 256 * 256).reshape(1, 3, 256, 256)
+    unet = pixel_cascade.upscaler_unet
+    inputs, outputs = [], []
+    hooks = [
+        unet.register_forward_pre_hook(lambda module, args, kwargs: inputs.append(kwargs["sample"]), with_kwargs=True),
+        unet.register_forward_hook(lambda module, args, output: outputs.append(output.sample)),
+    ]
+    try:
+        for pad in (0, 7):
+            settings = StageSettings(steps=1, scheduler="ddim", pad=pad)
+            out = pixel_cascade.stages["sr1024"].run(
+                pixel_cascade, image, StageInputs([torch.Generator().manual_seed(0)]), settings
+            )
+            assert out.shape == (1, 3, 1024, 1024)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    plain, padded = inputs
+    assert padded.shape == (1, 6, 1040, 1040)  # 7 → 8 pixels each side
+    assert torch.equal(padded[..., 8:-8, 8:-8], plain)  # the same x_T and low-res inside
+    assert torch.equal(padded[..., :8, 8:-8], plain[..., 1:9, :].flip(-2))  # and their mirror outside
+    # DDIM from t = 999 in one step: the output is the prediction from the cropped UNet output alone
+    assert not torch.equal(outputs[1][..., 8:-8, 8:-8], outputs[0])  # the border now sees the mirror
+    assert pixel_cascade.plan(stage_args={"upscale_pad": 16}).metadata()["sr1024"]["pad"] == 16
+    with pytest.raises(UnclipError, match="sr1024 pad must be below the upsampler's size 1024, got 1024"):
+        pixel_cascade.plan(stage_args={"upscale_pad": 1024})
+    with pytest.raises(UnclipError, match=r"upscale_pad \(--upscale-pad\): this model's sr1024 \(x4\) takes no pad"):
+        cascade.plan(stage_args={"upscale_pad": 16})

@@ -40,6 +40,9 @@ class StageSettings:
     # inversion (the edits' invert) stops here and sampling resumes from it. Text-to-image ignores the decoder's.
     start: int = 0
     eta: float = 0.0  # DDIM's η (Song et al. 2021, eq. 16): 0 deterministic, 1 as much noise as DDPM
+    # > 0: pixel upsamplers see their input mirrored this many pixels past each border, cropped off their output
+    # (Real-ESRGAN's pre_pad): trained on crops, they never saw an image border and draw a frame along it
+    pad: int = 0
 
     def problem(self) -> str | None:
         """The first field whose value is out of range, as "<field> must be ...", else None."""
@@ -129,6 +132,15 @@ SETTINGS: dict[str, Setting] = {
             float,
             "DDIM's η (ddim scheduler): 0 deterministic, 1 as much fresh noise as DDPM",
             _number(0, 1),
+        ),  # fmt: skip
+        Setting(
+            "pad",
+            "pad",
+            "pad",
+            "pad",
+            int,
+            "mirror the input this many pixels past each border, cropped off the output (0: none)",
+            _whole(0),
         ),  # fmt: skip
     )
 }

@@ -103,8 +103,9 @@ class Stage:
                 f"choose scheduler {self.name}=ddim, or leave eta at 0"
             )
         used = self.used(s, scheduler, inverted)
-        if s.start > 0 and "start" not in self.settings:
-            raise UnclipError(f"{self.name}: this {self.title} stage ({self.kind}) takes no start: remove it")
+        for name in ("start", "pad"):
+            if getattr(s, name) > 0 and name not in self.settings:
+                raise UnclipError(f"{self.name}: this {self.title} stage ({self.kind}) takes no {name}: remove it")
         if s.start > 0 and "start" in used:
             scheduler.set_timesteps(s.steps)
             first_step(scheduler.timesteps, s.start, s.steps, self.name)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
+from unclip.errors import UnclipError
 from unclip.sampling import initial_noise
 from unclip.settings import StageSettings
 from unclip.stages.base import Stage, StageInputs
@@ -39,9 +40,15 @@ class ConcatDenoiser:
 
     unet: UNet2DModel
     low_res: torch.Tensor
+    pad: int = 0  # > 0: the input mirrored this many pixels past each border, and as much cropped off the output
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-        return self.unet(sample=torch.cat([x, self.low_res], dim=1), timestep=t).sample
+        sample = torch.cat([x, self.low_res], dim=1)
+        if self.pad == 0:
+            return self.unet(sample=sample, timestep=t).sample
+        p = self.pad
+        out = self.unet(sample=F.pad(sample, (p, p, p, p), mode="reflect"), timestep=t).sample
+        return out[..., p:-p, p:-p]
 
 
 def low_res_inputs(image: torch.Tensor, unet, s: StageSettings, generators) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +63,16 @@ def low_res_inputs(image: torch.Tensor, unet, s: StageSettings, generators) -> t
     if s.noise_level > 0:
         low_res = augment(low_res, s.noise_level, augmentation_schedule(), generators)
     return x_T, low_res
+
+
+def pad_for(unet: UNet2DModel, s: StageSettings) -> int:
+    """``s.pad`` rounded up to a multiple of the UNet's downsampling factor (the padded side must divide by it),
+    and below the side (a mirror cannot reach further)."""
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    pad = -(-s.pad // factor) * factor
+    if pad >= unet.config.sample_size:
+        raise UnclipError(f"sr1024 pad must be below the upsampler's size {unet.config.sample_size}, got {s.pad}")
+    return pad
 
 
 def sdedit(s: StageSettings, low_res: torch.Tensor) -> dict[str, Any]:
@@ -77,7 +94,7 @@ class Upscaler(Stage):
 class PixelUpsampler(Upscaler):
     kind = layout = "pixel"
     components = models = conv_models = ("upscaler_unet",)
-    settings = ("steps", "scheduler", "noise_level", "start", "eta")
+    settings = ("steps", "scheduler", "noise_level", "start", "eta", "pad")
     defaults = StageSettings(steps=7, noise_level=0)
 
     def present(self, cascade) -> bool:
@@ -86,9 +103,13 @@ class PixelUpsampler(Upscaler):
     def max_noise_level(self, cascade) -> int:
         return AUGMENTATION_TIMESTEPS - 1
 
+    def check(self, cascade, s: StageSettings, inverted: bool = False) -> tuple[str, ...]:
+        pad_for(cascade.upscaler_unet, s)  # refused before any stage runs
+        return super().check(cascade, s, inverted)
+
     def run(self, cascade, image: torch.Tensor, inputs: StageInputs, s: StageSettings) -> torch.Tensor:
         """256→1024 in pixel space from the 256 px image (clamped to [-1, 1])."""
         x_T, low_res = low_res_inputs(image.clamp(-1, 1), cascade.upscaler_unet, s, inputs.generators)
-        denoiser = ConcatDenoiser(cascade.denoising_model("upscaler_unet"), low_res)
+        denoiser = ConcatDenoiser(cascade.denoising_model("upscaler_unet"), low_res, pad_for(cascade.upscaler_unet, s))
         known = self.known(inputs, x_T.shape[-1], x_T)
         return self.sample(cascade, denoiser, x_T, s, inputs.generators, known=known, **sdedit(s, low_res))
