@@ -191,6 +191,26 @@ def test_prediction_type_sets_the_target_and_the_exported_scheduler(tmp_path, da
         load_train_config(None, ["data.path=d", "prediction_type=x0"])
 
 
+def test_sr_loss_l1_takes_the_absolute_error_of_the_same_prediction(tmp_path, data):
+    """``sr.loss=l1``: the upsampler's loss is the mean absolute error where l2's is the mean squared one."""
+    from unclip.pipeline import UnCLIPCascade
+    from unclip.train.architectures import ARCHITECTURES
+    from unclip.train.objectives import objective_for
+
+    cascade = UnCLIPCascade.from_pretrained(ARCHITECTURES["tiny"](tmp_path / "init", 0))
+    batch = {"pixel_values": torch.rand(2, 3, 64, 64) * 2 - 1}
+    for loss, error in (("l2", torch.square), ("l1", torch.abs)):
+        config = load_train_config(None, ["stage=sr1024", f"data.path={data}", f"sr.loss={loss}"])
+        objective = objective_for(cascade, config)
+        inputs = objective.prepare(batch, None, torch.Generator().manual_seed(0), torch.device("cpu"))
+        with torch.no_grad():
+            out = objective.unet(torch.cat([inputs["x_t"], inputs["low_res"]], 1), inputs["t"]).sample[:, :3]
+            expected = inputs["weight"] * error(out - inputs["target"]).flatten(1).mean(1)
+            assert torch.allclose(objective(**inputs), expected, atol=1e-6), loss
+    with pytest.raises(UnclipError, match="sr.loss must be l2 or l1, got 'huber'"):
+        load_train_config(None, ["data.path=d", "sr.loss=huber"])
+
+
 # -------------------------------------------------------------------------------------- loss goes down
 def _eval_loss(model_yaml: Path, stage: str, data: Path, config) -> float:
     """The stage's loss on the 8 training samples with a fixed generator: same t, noise and dropout."""

@@ -74,6 +74,9 @@ class SuperResOptions:
     # the stage's own (DALL·E 2 Appendix C: none for 64→256, σ ≤ 0.04 and quality 30-95 for 256→1024), [0, 0]: none
     noise_sigma: tuple[float, ...] = ()
     jpeg_quality: tuple[int, ...] = ()
+    # the per-pixel error: "l2" (squared: the prediction is the posterior mean) or "l1" (absolute: its median, which
+    # on a two-colour edge is one colour or the other, not the blend; L1 is the usual loss of regression upsamplers)
+    loss: str = "l2"
     train: str = "both"  # sr256 only: "first", "last" (Karlo's final-step model) or "both" (one model for both)
     text_drop: float = 0.1  # the x4 latent upscaler's caption dropout (its guidance's empty prompt)
 
@@ -147,6 +150,7 @@ class TrainConfig:
                 f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}",
             ),
             (0 < self.sr.crop_fraction <= 1, f"sr.crop_fraction must be in (0, 1], got {self.sr.crop_fraction}"),
+            (self.sr.loss in ("l2", "l1"), f"sr.loss must be l2 or l1, got {self.sr.loss!r}"),
             (0 <= self.sr.text_drop <= 1, f"sr.text_drop must be in [0, 1], got {self.sr.text_drop}"),
             (
                 len(self.sr.blur_sigma) == 2 and 0 < self.sr.blur_sigma[0] <= self.sr.blur_sigma[1],

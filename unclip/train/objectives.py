@@ -276,7 +276,11 @@ class SuperResObjective(nn.Module):
 
     def forward(self, x_t, t, low_res, target, weight) -> torch.Tensor:
         out = ConcatDenoiser(self.unet, low_res)(x_t, t, 0).float()  # the upsampler stages' denoiser
-        return weight * ((out[:, : target.shape[1]] - target) ** 2).flatten(1).mean(1)
+        return weight * self.error(out[:, : target.shape[1]] - target).flatten(1).mean(1)
+
+    def error(self, difference: torch.Tensor) -> torch.Tensor:
+        """The per-element error of ``sr.loss``: squared (l2) or absolute (l1)."""
+        return difference.abs() if self.options.loss == "l1" else difference**2
 
 
 class LatentUpscalerObjective(SuperResObjective):
@@ -327,7 +331,7 @@ class LatentUpscalerObjective(SuperResObjective):
 
     def forward(self, x_t, t, low_res, level, hidden, target, weight) -> torch.Tensor:
         out = LatentUpscalerDenoiser(self.unet, low_res.to(x_t.dtype), level, hidden)(x_t, t, 0).float()
-        return weight * ((out - target) ** 2).flatten(1).mean(1)
+        return weight * self.error(out - target).flatten(1).mean(1)
 
 
 # The objective of each kind of stage that trains (``unclip.stages.KINDS``).
