@@ -60,6 +60,7 @@ def measure(images: list[np.ndarray], prompts) -> dict:
     }
 
 
+@torch.no_grad()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo", help="preset name or model.yaml (its 64→256 stage and settings)")
