@@ -2,7 +2,7 @@
 
     python scripts/probe_upsampler.py --model demo                         # the shipped settings
     python scripts/probe_upsampler.py --model runs/demo/sr1024/model.yaml --upscaler runs/demo/sr1024/upscaler \
-        --settings 1000:1 1000:3 200:6 --inputs clean decoded
+        --settings 1000:1 1000:3 200:6 --pad 32 --inputs clean decoded
 
 Each of --n evaluation prompts (`unclip.demo.shapes.eval_prompts`) is placed and rendered, and the 256→1024 stage
 runs on two inputs: "clean", the scene's own 256 px render (the best input the stage could get), and "decoded",
@@ -12,7 +12,7 @@ errors). For every --settings START:STEPS (DDIM, the sampling starting at timest
 the way from background to shape per pixel of outline; a clean render 0.5, bicubic from a clean 256 px render
 2.5), the background's flatness (colour std in the four 40 px corners, grey levels), how often every attribute
 reads back right, and the seconds. Bicubic is printed as the baseline. --upscaler swaps in another run's upsampler
-folder (a trainer's output_dir/upscaler) for the 256→1024 stage; --json writes the rows.
+folder (a trainer's output_dir/upscaler) for the 256→1024 stage, --pad sets its pad; --json writes the rows.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upscaler", help="another upsampler folder for the 256→1024 stage")
     parser.add_argument("--settings", nargs="+", default=["default"], help="START:STEPS pairs, or 'default'")
     parser.add_argument("--inputs", nargs="+", default=["clean", "decoded"], choices=["clean", "decoded"])
+    parser.add_argument("--pad", type=int, help="the 256→1024 stage's pad (default: the model's)")
     parser.add_argument("--n", type=int, default=12, help="evaluation prompts (default 12)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -102,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         bicubic = [to_pixels(F.interpolate(x, scale_factor=4, mode="bicubic")) for x in lows]
         report(name, "bicubic", bicubic, start)
         for setting in args.settings:
-            stage_args, scheduler = {}, None
+            stage_args, scheduler = {"upscale_pad": args.pad}, None
             if setting != "default":
                 first, steps = (int(v) for v in setting.split(":"))
-                stage_args = {"upscale_start": first, "upscale_num_inference_steps": steps}
+                stage_args |= {"upscale_start": first, "upscale_num_inference_steps": steps}
                 scheduler = {"sr1024": "ddim"}
             plan = pipe.plan(size=1024, scheduler=scheduler, stage_args=stage_args, first_stage="sr1024")
             start = time.perf_counter()
