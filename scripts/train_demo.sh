@@ -16,7 +16,8 @@
 #   sr256, sr1024   the two upsamplers (they see no text: no trained CLIP needed).
 #   decoder, decoder2, decoder3   the 64 px decoder in three phases, each from the previous one's weights, with
 #            every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun launcher).
-#   export   fp16 into models/demo/ (text stages from decoder3, upsamplers from sr1024), the demo's settings.
+#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256 and sr1024), the
+#            demo's settings (configs/demo.yaml).
 #   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
 #   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside
 #            each edge; z_i from each image's plain twin, embedded by the shipped CLIP),
@@ -87,10 +88,13 @@ step_decoder() { OMP_NUM_THREADS=$HALF train decoder $DECODER_LAUNCH; }
 step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min-SNR-γ 5
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
 step_export() {
-  [ -f models/demo/model.yaml ] && [ models/demo/model.yaml -nt runs/demo/decoder3/model.yaml ] \
-    && [ models/demo/model.yaml -nt runs/demo/sr1024/model.yaml ] && return
-  timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml \
-    --upsamplers runs/demo/sr1024/model.yaml --clip runs/demo/clip --out models/demo --force
+  local run fresh=1  # models/demo is newer than every run it takes from
+  for run in decoder3 sr256 sr1024; do
+    [ -f models/demo/model.yaml ] && [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ] || fresh=0
+  done
+  [ "$fresh" = 1 ] && return
+  timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml --upsamplers runs/demo/sr256/model.yaml \
+    --upscaler runs/demo/sr1024/model.yaml --clip runs/demo/clip --out models/demo --force
   sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
 }
 step_eval() {  # the issue's two checks: every form at 64 px (n 192), and at 1024 px with the edge width (n 48)
