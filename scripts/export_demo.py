@@ -29,7 +29,7 @@ from unclip.errors import UnclipError, run_entry_point
 def join_upsamplers(cascade, other) -> None:
     """Put ``other``'s 64→256 upsamplers and 256→1024 upscaler (all its upscaler components) into ``cascade``."""
     if other.upscaler_layout is None:
-        raise UnclipError("--upsamplers: that cascade has no 256→1024 upscaler; give the sr1024 run's model.yaml")
+        raise UnclipError("--upsamplers: that cascade has no 256→1024 upscaler; give the sr256 run's model.yaml")
     sr256 = other.stages["sr256"]
     cascade.register_modules(**{name: getattr(other, name) for name in [*sr256.components, sr256.scheduler]})
     join_upscaler(cascade, other)
