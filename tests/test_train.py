@@ -211,6 +211,39 @@ def test_sr_loss_l1_takes_the_absolute_error_of_the_same_prediction(tmp_path, da
         load_train_config(None, ["data.path=d", "sr.loss=huber"])
 
 
+def test_sr_crop_tries_trains_on_the_crop_with_an_edge(tmp_path, data):
+    """``sr.crop_tries=N``: of N random crops of an image the one with the most detail; one try draws the crops
+    it always drew (same seed, same crops)."""
+    from unclip.pipeline import UnCLIPCascade
+    from unclip.train.architectures import ARCHITECTURES
+    from unclip.train.objectives import objective_for
+
+    cascade = UnCLIPCascade.from_pretrained(ARCHITECTURES["tiny"](tmp_path / "init", 0))
+    images = -torch.ones(4, 3, 256, 256)
+    images[:, :, 88:168, 88:168] = 1  # one square: four in five 32 px crops of the picture are flat
+    batch = {"pixel_values": images}
+
+    def crops(tries: int, seed: int) -> torch.Tensor:
+        config = load_train_config(None, ["stage=sr256", f"data.path={data}", "sr.crop_fraction=0.125",
+                                          f"sr.crop_tries={tries}"])  # fmt: skip
+        objective = objective_for(cascade, config)
+        return objective.random_crops(batch, torch.Generator().manual_seed(seed), torch.device("cpu"), 4, 16)
+
+    def with_edge(x: torch.Tensor) -> float:
+        return (x.flatten(1).std(1) > 0).float().mean().item()
+
+    one = torch.cat([crops(1, seed) for seed in range(8)])
+    many = torch.cat([crops(32, seed) for seed in range(8)])
+    assert one.shape == many.shape == (32, 3, 32, 32)
+    assert with_edge(one) < 0.5 < 0.9 <= with_edge(many), (with_edge(one), with_edge(many))
+    g = torch.Generator().manual_seed(3)  # one try: the draws of a plain random crop
+    y, x = (torch.randint(0, 256 - 32 + 1, (4,), generator=g).tolist() for _ in range(2))
+    expected = torch.stack([images[i, :, y[i] : y[i] + 32, x[i] : x[i] + 32] for i in range(4)])
+    assert torch.equal(crops(1, 3), expected)
+    with pytest.raises(UnclipError, match="sr.crop_tries must be ≥ 1, got 0"):
+        load_train_config(None, ["data.path=d", "sr.crop_tries=0"])
+
+
 # -------------------------------------------------------------------------------------- loss goes down
 def _eval_loss(model_yaml: Path, stage: str, data: Path, config) -> float:
     """The stage's loss on the 8 training samples with a fixed generator: same t, noise and dropout."""

@@ -68,6 +68,9 @@ class DecoderOptions:
 @dataclass
 class SuperResOptions:
     crop_fraction: float = 0.25  # random crops of this fraction of the target size (DALL·E 2, Appendix C)
+    # > 1: draw this many crops of each image and train on the one with the most detail (the largest mean absolute
+    # difference between neighbouring pixels): on flat pictures most random crops hold no edge to learn from
+    crop_tries: int = 1
     noise_level: int = -1  # augmentation of the low-res input; -1 = the model config's inference level
     blur_sigma: tuple[float, float] = (0.4, 0.6)  # Gaussian blur of the low-res input, σ drawn uniformly
     # Gaussian noise (σ, of [-1, 1] images) and JPEG quality of the low-res input, drawn uniformly; an empty list:
@@ -150,6 +153,7 @@ class TrainConfig:
                 f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}",
             ),
             (0 < self.sr.crop_fraction <= 1, f"sr.crop_fraction must be in (0, 1], got {self.sr.crop_fraction}"),
+            (self.sr.crop_tries >= 1, f"sr.crop_tries must be ≥ 1, got {self.sr.crop_tries}"),
             (self.sr.loss in ("l2", "l1"), f"sr.loss must be l2 or l1, got {self.sr.loss!r}"),
             (0 <= self.sr.text_drop <= 1, f"sr.text_drop must be in [0, 1], got {self.sr.text_drop}"),
             (

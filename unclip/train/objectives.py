@@ -208,6 +208,13 @@ def _blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def detail(images: torch.Tensor) -> torch.Tensor:
+    """Each image's mean absolute difference between neighbouring pixels (across and down): 0 on a flat colour."""
+    across = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(1)
+    down = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(1)
+    return across + down
+
+
 class SuperResObjective(nn.Module):
     """64→256 (Karlo's ``super_res_first``/``super_res_last``) or 256→1024 (the pixel upsampler)."""
 
@@ -247,15 +254,21 @@ class SuperResObjective(nn.Module):
     def random_crops(self, batch: dict[str, Any], g: torch.Generator, device: torch.device, unit: int,
                      smallest: int) -> torch.Tensor:  # fmt: skip
         """The batch's images at the stage's size, and from each a random square crop of ``sr.crop_fraction`` of
-        the side (a multiple of ``unit`` pixels, at least ``smallest``)."""
+        the side (a multiple of ``unit`` pixels, at least ``smallest``); of ``sr.crop_tries`` such crops of an
+        image, the one with the most detail."""
         images = batch["pixel_values"].to(device).float()
         if images.shape[-1] != self.size:
             images = F.interpolate(images, size=(self.size, self.size), mode="bicubic", antialias=True).clamp(-1, 1)
-        n = images.shape[0]
+        n, tries = images.shape[0], self.options.crop_tries
         crop = max(smallest, int(self.size * self.options.crop_fraction) // unit * unit)
-        tops = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
-        lefts = torch.randint(0, self.size - crop + 1, (n,), generator=g).tolist()
-        return torch.stack([im[:, y : y + crop, x : x + crop] for im, y, x in zip(images, tops, lefts, strict=True)])
+        shape = (n,) if tries == 1 else (n, tries)  # one try draws as before: the same crops for the same seed
+        tops = torch.randint(0, self.size - crop + 1, shape, generator=g).view(n, tries).tolist()
+        lefts = torch.randint(0, self.size - crop + 1, shape, generator=g).view(n, tries).tolist()
+        crops = []
+        for image, ys, xs in zip(images, tops, lefts, strict=True):
+            candidates = torch.stack([image[:, y : y + crop, x : x + crop] for y, x in zip(ys, xs, strict=True)])
+            crops.append(candidates[detail(candidates).argmax()] if tries > 1 else candidates[0])
+        return torch.stack(crops)
 
     def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
         x0 = self.random_crops(batch, g, device, unit=4, smallest=16)
