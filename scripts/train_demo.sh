@@ -24,7 +24,7 @@
 #            configs/train/demo-outline-lora.yaml, shipped as models/demo-lora/outline.safetensors; retrained
 #            when models/demo is newer than it.
 # A training step is finished when its output_dir has model.yaml; an interrupted one resumes from its latest
-# checkpoint (`resume=latest`). Without arguments the text side (clip, embed, prior) and the upsamplers run side
+# checkpoint (`resume=latest`). Without arguments the text side (clip, embed, prior), sr256 and sr1024 run side
 # by side, each on half the cores. Every step that ran appends "step<TAB>seconds<TAB>date" to runs/demo/times.tsv
 # (a training step resumed in another session: that session's part, then "NAME (all sessions)", the trainer's clock).
 # Everything goes under runs/demo/ and data/.
@@ -132,15 +132,20 @@ if [ $# -gt 0 ]; then
 fi
 
 step_data
+# three lanes at once, on half the cores each: the text lane ends first, then each upsampler has its half (two
+# lanes, the first upsampler then the second, left a core idle for most of an hour on 2 cores)
 text_lane() { export OMP_NUM_THREADS=$HALF; step_clip; step_embed; step_prior; }
-upsampler_lane() { export OMP_NUM_THREADS=$HALF; step_sr256; step_sr1024; }
+declare -A lanes
 text_lane > runs/demo-text-lane.log 2>&1 &
-text=$!
-upsampler_lane > runs/demo-upsampler-lane.log 2>&1 &
-upsamplers=$!
-say "two lanes: text (CLIP, prior; runs/demo-text-lane.log) and upsamplers (runs/demo-upsampler-lane.log)"
-wait $text || { echo "the text lane failed: see runs/demo-text-lane.log" >&2; exit 1; }
-wait $upsamplers || { echo "the upsampler lane failed: see runs/demo-upsampler-lane.log" >&2; exit 1; }
+lanes[text]=$!
+for name in sr256 sr1024; do
+  OMP_NUM_THREADS=$HALF "step_$name" > "runs/demo-$name-lane.log" 2>&1 &
+  lanes[$name]=$!
+done
+say "three lanes: text (CLIP, prior), sr256 and sr1024 (runs/demo-{text,sr256,sr1024}-lane.log)"
+for name in text sr256 sr1024; do
+  wait "${lanes[$name]}" || { echo "the $name lane failed: see runs/demo-$name-lane.log" >&2; exit 1; }
+done
 step_decoder
 step_decoder2
 step_decoder3
