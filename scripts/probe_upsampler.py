@@ -5,9 +5,10 @@
         --settings 1000:1 1000:3 200:6 --pad 32 --inputs clean decoded
 
 Each of --n evaluation prompts (`unclip.demo.shapes.eval_prompts`) is placed and rendered, and the 256→1024 stage
-runs on two inputs: "clean", the scene's own 256 px render (the best input the stage could get), and "decoded",
+runs on up to three inputs: "clean", the scene's own 256 px render (the best input the stage could get), "decoded",
 its 64 px render through the model's 64→256 stage (the input it gets in the cascade, less the 64 px decoder's
-errors). For every --settings START:STEPS (DDIM, the sampling starting at timestep START, from the noised input;
+errors), and "blurred", the 256 px render under a Gaussian blur of σ --blur px (0.75: edges as wide as the demo's
+64→256 stage leaves them, 1.2-1.35 px; no 64→256 model needed). For every --settings START:STEPS (DDIM, the sampling starting at timestep START, from the noised input;
 1000 = pure noise), the script prints the mean edge width at 1024 px (`unclip.demo.checker`: pixels 20-80 % of
 the way from background to shape per pixel of outline; a clean render 0.5, bicubic from a clean 256 px render
 2.5), the background's flatness (colour std in the four 40 px corners, grey levels), how often every attribute
@@ -47,6 +48,15 @@ def seeded(i: int) -> StageInputs:
     return StageInputs(generators=[torch.Generator().manual_seed(i)])
 
 
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A separable Gaussian blur of σ ``sigma`` px (3σ radius, edges mirrored)."""
+    radius = max(1, round(3 * sigma))
+    taps = torch.exp(-(torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
+    taps = (taps / taps.sum()).expand(3, 1, -1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), taps[:, :, None, :], groups=3)
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), taps[:, :, :, None], groups=3)
+
+
 def corner_std(pixels: np.ndarray, side: int = 40) -> float:
     corners = [pixels[:side, :side], pixels[:side, -side:], pixels[-side:, :side], pixels[-side:, -side:]]
     return float(np.mean([c.reshape(-1, 3).std(axis=0).mean() for c in corners]))
@@ -66,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="demo", help="preset name or model.yaml (its 64→256 stage and settings)")
     parser.add_argument("--upscaler", help="another upsampler folder for the 256→1024 stage")
     parser.add_argument("--settings", nargs="+", default=["default"], help="START:STEPS pairs, or 'default'")
-    parser.add_argument("--inputs", nargs="+", default=["clean", "decoded"], choices=["clean", "decoded"])
+    parser.add_argument("--inputs", nargs="+", default=["clean", "decoded"], choices=["clean", "decoded", "blurred"])
+    parser.add_argument("--blur", type=float, default=0.75, help="σ in px of the blurred input (default 0.75)")
     parser.add_argument("--pad", type=int, help="the 256→1024 stage's pad (default: the model's)")
     parser.add_argument("--n", type=int, default=12, help="evaluation prompts (default 12)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
@@ -86,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {}
     if "clean" in args.inputs:
         inputs["clean"] = [to_tensor(render(s, 256)) for s in scenes]
+    if "blurred" in args.inputs:
+        inputs["blurred"] = [blur(to_tensor(render(s, 256)), args.blur) for s in scenes]
     if "decoded" in args.inputs:
         plan = pipe.plan(size=256, first_stage="sr256")
         renders = [to_tensor(render(s, 64)) for s in scenes]

@@ -235,6 +235,10 @@ def test_the_upsampler_probe_measures_bicubic_and_the_stage_on_known_inputs(tmp_
     assert rows[0]["all"] == 1.0 and 2.0 < rows[0]["edge"] < 3.0 and rows[0]["corner_std"] == 0
     # a random upsampler's one step from pure noise draws noise, which the corners show
     assert rows[1]["corner_std"] > 20 and all(r["seconds"] > 0 for r in rows)
+    # "blurred": the clean render under σ 0.75 px, edges as wide as the demo's 64→256 stage leaves them
+    assert main([*argv, "--inputs", "blurred", "--json", str(out)]) == 0
+    (blurred, _) = json.loads(out.read_text())
+    assert blurred["input"] == "blurred" and blurred["all"] == 1.0 and rows[0]["edge"] + 1 < blurred["edge"] < 6.0, blurred
 
 
 def test_pad_mirrors_the_input_past_each_border_and_crops_the_output(pixel_cascade, cascade):
