@@ -8,13 +8,13 @@ Each of --n evaluation prompts (`unclip.demo.shapes.eval_prompts`) is placed and
 runs on up to three inputs: "clean", the scene's own 256 px render (the best input the stage could get), "decoded",
 its 64 px render through the model's 64→256 stage (the input it gets in the cascade, less the 64 px decoder's
 errors), and "blurred", the 256 px render under a Gaussian blur of σ --blur px (0.75: edges as wide as the demo's
-64→256 stage leaves them, 1.2-1.35 px; no 64→256 model needed). For every --settings START:STEPS (DDIM, the sampling starting at timestep START, from the noised input;
-1000 = pure noise), the script prints the mean edge width at 1024 px (`unclip.demo.checker`: pixels 20-80 % of
-the way from background to shape per pixel of outline; a clean render 0.5, bicubic from a clean 256 px render
-2.5), the background's flatness (colour std in the four 40 px corners, grey levels), how often every attribute
-reads back right, and the seconds. Bicubic is printed as the baseline. --upscaler swaps in another run's upsampler
-folder (a trainer's output_dir/upscaler) for the 256→1024 stage, --pad sets its pad; --json writes the rows.
-"""
+64→256 stage leaves them, 1.2-1.35 px; no 64→256 model needed). For every --settings START:STEPS (DDIM, the sampling
+starting at timestep START, from the noised input; 1000 = pure noise), the script prints the mean edge width at 1024
+px (`unclip.demo.checker`: pixels 20-80 % of the way from background to shape per pixel of outline; a clean render
+0.5, bicubic from a clean 256 px render 2.5), the background's flatness (colour std in the four 40 px corners, grey
+levels), how often every attribute reads back right, and the seconds. Bicubic is printed as the baseline. --upscaler
+swaps in another run's upsampler folder (a trainer's output_dir/upscaler) for the 256→1024 stage, --pad sets its
+pad; --json writes the rows."""
 
 from __future__ import annotations
 
