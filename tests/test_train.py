@@ -244,6 +244,31 @@ def test_sr_crop_tries_trains_on_the_crop_with_an_edge(tmp_path, data):
         load_train_config(None, ["data.path=d", "sr.crop_tries=0"])
 
 
+def test_sr_timesteps_draws_the_training_timesteps_from_a_range(tmp_path, data):
+    """``sr.timesteps=[low, high]``: every training timestep in [low, high); without it all of them, drawn as
+    always (the same t for the same seed)."""
+    from unclip.pipeline import UnCLIPCascade
+    from unclip.train.architectures import ARCHITECTURES
+    from unclip.train.objectives import objective_for
+
+    cascade = UnCLIPCascade.from_pretrained(ARCHITECTURES["tiny"](tmp_path / "init", 0))
+    batch = {"pixel_values": torch.rand(64, 3, 64, 64) * 2 - 1}
+
+    def timesteps(*overrides: str) -> torch.Tensor:
+        config = load_train_config(None, ["stage=sr1024", f"data.path={data}", "sr.crop_fraction=0.25", *overrides])
+        objective = objective_for(cascade, config)
+        return objective.prepare(batch, None, torch.Generator().manual_seed(0), torch.device("cpu"))["t"]
+
+    top = timesteps("sr.timesteps=[900, 1000]")
+    assert top.min() >= 900 and top.max() < 1000 and len(set(top.tolist())) > 10
+    every = timesteps()
+    assert every.min() < 900 and torch.equal(every, timesteps("sr.timesteps=[0, 1000]"))
+    with pytest.raises(UnclipError, match=r"sr.timesteps: \[900, 1001\] goes past the scheduler's 1000 timesteps"):
+        timesteps("sr.timesteps=[900, 1001]")
+    with pytest.raises(UnclipError, match=r"sr.timesteps must be \[low, high\) with 0 ≤ low < high, got \[5, 5\]"):
+        load_train_config(None, ["data.path=d", "sr.timesteps=[5, 5]"])
+
+
 # -------------------------------------------------------------------------------------- loss goes down
 def _eval_loss(model_yaml: Path, stage: str, data: Path, config) -> float:
     """The stage's loss on the 8 training samples with a fixed generator: same t, noise and dropout."""

@@ -80,6 +80,9 @@ class SuperResOptions:
     # the per-pixel error: "l2" (squared: the prediction is the posterior mean) or "l1" (absolute: its median, which
     # on a two-colour edge is one colour or the other, not the blend; L1 is the usual loss of regression upsamplers)
     loss: str = "l2"
+    # [low, high): the training timesteps, drawn uniformly; empty: all of them (sr.train=last: the final step's).
+    # A stage sampled in one step from pure noise (start 1000, 1 step) only ever meets the top ones.
+    timesteps: tuple[int, ...] = ()
     train: str = "both"  # sr256 only: "first", "last" (Karlo's final-step model) or "both" (one model for both)
     text_drop: float = 0.1  # the x4 latent upscaler's caption dropout (its guidance's empty prompt)
 
@@ -153,6 +156,11 @@ class TrainConfig:
                 f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}",
             ),
             (0 < self.sr.crop_fraction <= 1, f"sr.crop_fraction must be in (0, 1], got {self.sr.crop_fraction}"),
+            (
+                self.sr.timesteps == ()
+                or (len(self.sr.timesteps) == 2 and 0 <= self.sr.timesteps[0] < self.sr.timesteps[1]),
+                f"sr.timesteps must be [low, high) with 0 ≤ low < high, got {list(self.sr.timesteps)}",
+            ),
             (self.sr.crop_tries >= 1, f"sr.crop_tries must be ≥ 1, got {self.sr.crop_tries}"),
             (self.sr.loss in ("l2", "l1"), f"sr.loss must be l2 or l1, got {self.sr.loss!r}"),
             (0 <= self.sr.text_drop <= 1, f"sr.text_drop must be in [0, 1], got {self.sr.text_drop}"),

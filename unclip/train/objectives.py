@@ -69,8 +69,8 @@ def _uniform(generator: torch.Generator, n: int, low: float = 0.0, high: float =
     return torch.rand(n, generator=generator) * (high - low) + low
 
 
-def _timesteps(generator: torch.Generator, n: int, high: int) -> torch.Tensor:
-    return torch.randint(0, high, (n,), generator=generator)
+def _timesteps(generator: torch.Generator, n: int, high: int, low: int = 0) -> torch.Tensor:
+    return low + torch.randint(0, high - low, (n,), generator=generator)
 
 
 def _noise(generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -232,6 +232,15 @@ class SuperResObjective(nn.Module):
             self.unet = cascade.upscaler_unet
             self.process = Process.of(cascade.upscaler_scheduler)
             self.t_max = None
+        if self.options.timesteps:
+            self.t_min, self.t_max = self.options.timesteps
+            if self.t_max > self.process.num_timesteps:
+                raise UnclipError(
+                    f"sr.timesteps: {list(self.options.timesteps)} goes past the scheduler's "
+                    f"{self.process.num_timesteps} timesteps; give [low, high] with high ≤ {self.process.num_timesteps}"
+                )
+        else:
+            self.t_min = 0
         self.noise_level = settings.noise_level if self.options.noise_level < 0 else self.options.noise_level
         self.augment = augmentation_schedule()  # as at inference
         self.size = self.unet.config.sample_size
@@ -279,7 +288,7 @@ class SuperResObjective(nn.Module):
         if self.noise_level > 0:
             level = torch.full((n,), self.noise_level, dtype=torch.long)
             low = self.augment.add_noise(low, _noise(g, low), level.to(device))
-        t = _timesteps(g, n, self.t_max or self.process.num_timesteps)
+        t = _timesteps(g, n, self.t_max or self.process.num_timesteps, self.t_min)
         noise = _noise(g, x0)
         td = t.to(device)
         return dict(
@@ -334,7 +343,7 @@ class LatentUpscalerObjective(SuperResObjective):
         posterior = vae.encode(crops.to(vae.dtype)).latent_dist
         x0 = (posterior.mean + posterior.std * _noise(g, posterior.mean)).float() * vae.config.scaling_factor
         texts = _drop_text(pick_captions(batch, g), _uniform(g, n) < self.text_drop)
-        t = _timesteps(g, n, self.process.num_timesteps)
+        t = _timesteps(g, n, self.t_max or self.process.num_timesteps, self.t_min)
         noise = _noise(g, x0)
         td = t.to(device)
         return dict(
