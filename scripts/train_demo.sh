@@ -14,9 +14,10 @@
 #   embed    its image embeddings of the 256 px set, cached (`unclip embed`); redone when the CLIP is newer.
 #   prior    configs/train/demo-prior.yaml around that CLIP.
 #   sr256, sr1024   the two upsamplers (they see no text: no trained CLIP needed).
+#   sr1024-top   sr1024's second phase, on the top timesteps only (the demo samples it in one step from noise).
 #   decoder, decoder2, decoder3   the 64 px decoder in three phases, each from the previous one's weights, with
 #            every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun launcher).
-#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256 and sr1024), the
+#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256 and sr1024-top), the
 #            demo's settings (configs/demo.yaml).
 #   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
 #   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside
@@ -35,7 +36,7 @@ SEED=${SEED:-0}
 CORES=$(nproc)
 HALF=$(( CORES > 1 ? CORES / 2 : 1 ))
 DECODER_LAUNCH=${DECODER_LAUNCH:-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no}
-STEPS=(data clip embed prior sr256 sr1024 decoder decoder2 decoder3 export eval outline)
+STEPS=(data clip embed prior sr256 sr1024 sr1024-top decoder decoder2 decoder3 export eval outline)
 mkdir -p runs/demo
 
 say() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -84,17 +85,18 @@ step_embed() {
 step_prior() { train prior; }
 step_sr256() { train sr256; }
 step_sr1024() { train sr1024; }
+step_sr1024-top() { train sr1024-top; }
 step_decoder() { OMP_NUM_THREADS=$HALF train decoder $DECODER_LAUNCH; }
 step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min-SNR-γ 5
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
 step_export() {
   local run fresh=1  # models/demo is newer than every run it takes from
-  for run in decoder3 sr256 sr1024; do
+  for run in decoder3 sr256 sr1024-top; do
     [ -f models/demo/model.yaml ] && [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ] || fresh=0
   done
   [ "$fresh" = 1 ] && return
   timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml --upsamplers runs/demo/sr256/model.yaml \
-    --upscaler runs/demo/sr1024/model.yaml --clip runs/demo/clip --out models/demo --force
+    --upscaler runs/demo/sr1024-top/model.yaml --clip runs/demo/clip --out models/demo --force
   sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
 }
 step_eval() {  # the issue's two checks: every form at 64 px (n 192), and at 1024 px with the edge width (n 48)
@@ -138,11 +140,12 @@ text_lane() { export OMP_NUM_THREADS=$HALF; step_clip; step_embed; step_prior; }
 declare -A lanes
 text_lane > runs/demo-text-lane.log 2>&1 &
 lanes[text]=$!
-for name in sr256 sr1024; do
-  OMP_NUM_THREADS=$HALF "step_$name" > "runs/demo-$name-lane.log" 2>&1 &
-  lanes[$name]=$!
-done
-say "three lanes: text (CLIP, prior), sr256 and sr1024 (runs/demo-{text,sr256,sr1024}-lane.log)"
+sr1024_lane() { export OMP_NUM_THREADS=$HALF; step_sr1024; step_sr1024-top; }
+OMP_NUM_THREADS=$HALF step_sr256 > runs/demo-sr256-lane.log 2>&1 &
+lanes[sr256]=$!
+sr1024_lane > runs/demo-sr1024-lane.log 2>&1 &
+lanes[sr1024]=$!
+say "three lanes: text (CLIP, prior), sr256, and sr1024 with sr1024-top (runs/demo-{text,sr256,sr1024}-lane.log)"
 for name in text sr256 sr1024; do
   wait "${lanes[$name]}" || { echo "the $name lane failed: see runs/demo-$name-lane.log" >&2; exit 1; }
 done
