@@ -266,8 +266,10 @@ def test_best_of_n_prior_keeps_the_sample_closest_to_the_text(cascade):
     assert won, "draw 0 never won in 8 seeds"
     plain = cascade("a cat", seed=won[0], size=64, output_type="np", **FAST).images
     best_of = cascade("a cat", seed=won[0], size=64, prior_samples=3, output_type="np", **FAST).images
-    difference = np.abs(best_of - plain)  # random tiny weights amplify the rounding (see test_cli)
-    assert difference.max() < 4 / 255 and difference.mean() < 1e-3
+    # random tiny weights amplify the rounding (see test_cli) to a few grey levels in a few pixels; the CPU's
+    # kernels decide how many (4.1 levels in 0.2 % of the values on an AMD EPYC)
+    difference = np.abs(best_of - plain)
+    assert difference.max() < 8 / 255 and difference.mean() < 1e-3 and (difference > 1 / 255).mean() < 0.01
     other = cascade("a cat", seed=won[0] + 1, size=64, output_type="np", **FAST).images
     assert np.abs(other - plain).mean() > 0.05
     with pytest.raises(UnclipError, match="prior_samples must be ≥ 1"):
