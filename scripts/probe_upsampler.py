@@ -12,9 +12,9 @@ errors), and "blurred", the 256 px render under a Gaussian blur of σ --blur px 
 starting at timestep START, from the noised input; 1000 = pure noise), the script prints the mean edge width at 1024
 px (`unclip.demo.checker`: pixels 20-80 % of the way from background to shape per pixel of outline; a clean render
 0.5, bicubic from a clean 256 px render 2.5), the background's flatness (colour std in the four 40 px corners, grey
-levels), how often every attribute reads back right, and the seconds. Bicubic is printed as the baseline. --upscaler
-swaps in another run's upsampler folder (a trainer's output_dir/upscaler) for the 256→1024 stage, --pad sets its
-pad; --json writes the rows."""
+levels), how often every attribute reads back right, and the seconds. Bicubic is printed as the baseline, and the
+256 px input itself as "at 256 px" (its edge width in 256 px units). --upscaler swaps in another run's upsampler
+folder (a trainer's output_dir/upscaler) for the 256→1024 stage, --pad sets its pad; --json writes the rows."""
 
 from __future__ import annotations
 
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, lows in inputs.items():
         start = time.perf_counter()
+        report(name, "at 256 px", [to_pixels(x) for x in lows], start)  # the input itself: its edge in 256 px units
         bicubic = [to_pixels(F.interpolate(x, scale_factor=4, mode="bicubic")) for x in lows]
         report(name, "bicubic", bicubic, start)
         for setting in args.settings:

@@ -229,17 +229,21 @@ def test_the_upsampler_probe_measures_bicubic_and_the_stage_on_known_inputs(tmp_
     assert main([*argv, "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [(r["input"], r["setting"]) for r in rows] == [
-        ("clean", "bicubic"), ("clean", "1000:1"), ("decoded", "bicubic"), ("decoded", "1000:1")
+        ("clean", "at 256 px"), ("clean", "bicubic"), ("clean", "1000:1"),
+        ("decoded", "at 256 px"), ("decoded", "bicubic"), ("decoded", "1000:1"),
     ]  # fmt: skip
-    # bicubic from a clean 256 px render: read back right, edges about 2.5 px at 1024 px, flat corners
-    assert rows[0]["all"] == 1.0 and 2.0 < rows[0]["edge"] < 3.0 and rows[0]["corner_std"] == 0
+    # the clean 256 px render itself: read back right, an anti-aliased edge (about 0.5 px) on flat colours
+    assert rows[0]["all"] == 1.0 and 0.2 < rows[0]["edge"] < 1.0 and rows[0]["corner_std"] == 0
+    # bicubic from it: read back right, edges about 2.5 px at 1024 px, flat corners
+    assert rows[1]["all"] == 1.0 and 2.0 < rows[1]["edge"] < 3.0 and rows[1]["corner_std"] == 0
     # a random upsampler's one step from pure noise draws noise, which the corners show
-    assert rows[1]["corner_std"] > 20 and all(r["seconds"] > 0 for r in rows)
+    assert rows[2]["corner_std"] > 20 and all(r["seconds"] > 0 for r in rows)
     # "blurred": the clean render under σ 0.75 px, edges as wide as the demo's 64→256 stage leaves them
     assert main([*argv, "--inputs", "blurred", "--json", str(out)]) == 0
-    (blurred, _) = json.loads(out.read_text())
+    (at_256, blurred, _) = json.loads(out.read_text())
+    assert rows[0]["edge"] + 0.25 < at_256["edge"] < 2.0, at_256  # σ 0.75 px widens the edge at 256 px
     assert blurred["input"] == "blurred" and blurred["all"] == 1.0, blurred
-    assert rows[0]["edge"] + 1 < blurred["edge"] < 6.0, blurred
+    assert rows[1]["edge"] + 1 < blurred["edge"] < 6.0, blurred
 
 
 def test_pad_mirrors_the_input_past_each_border_and_crops_the_output(pixel_cascade, cascade):
