@@ -227,7 +227,7 @@ def test_sr_crop_tries_trains_on_the_crop_with_an_edge(tmp_path, data):
         config = load_train_config(None, ["stage=sr256", f"data.path={data}", "sr.crop_fraction=0.125",
                                           f"sr.crop_tries={tries}"])  # fmt: skip
         objective = objective_for(cascade, config)
-        return objective.random_crops(batch, torch.Generator().manual_seed(seed), torch.device("cpu"), 4, 16)
+        return objective.random_crops(batch, torch.Generator().manual_seed(seed), torch.device("cpu"), 4, 16)[0]
 
     def with_edge(x: torch.Tensor) -> float:
         return (x.flatten(1).std(1) > 0).float().mean().item()

@@ -31,6 +31,9 @@ class DataConfig:
     resolution: int = 0  # images are resized to this; 0 = the stage's own size (64, 256 or 1024)
     num_workers: int = 0
     use_cache: bool = True  # CLIP embeddings from `unclip embed DATA --clip NAME` when present
+    # upsamplers: a folder of each image's low-res twin (scripts/make_low_res.py), the input the stage meets in the
+    # cascade, to train from instead of (sr.paired of the time) the image's own downsampled, blurred copy
+    low_res: str = ""
 
 
 @dataclass
@@ -83,6 +86,7 @@ class SuperResOptions:
     # [low, high): the training timesteps, drawn uniformly; empty: all of them (sr.train=last: the final step's).
     # A stage sampled in one step from pure noise (start 1000, 1 step) only ever meets the top ones.
     timesteps: tuple[int, ...] = ()
+    paired: float = 1.0  # with data.low_res: the fraction of crops whose input is their twin (the rest degrade)
     train: str = "both"  # sr256 only: "first", "last" (Karlo's final-step model) or "both" (one model for both)
     text_drop: float = 0.1  # the x4 latent upscaler's caption dropout (its guidance's empty prompt)
 
@@ -162,6 +166,11 @@ class TrainConfig:
                 f"sr.timesteps must be [low, high) with 0 ≤ low < high, got {list(self.sr.timesteps)}",
             ),
             (self.sr.crop_tries >= 1, f"sr.crop_tries must be ≥ 1, got {self.sr.crop_tries}"),
+            (0 <= self.sr.paired <= 1, f"sr.paired must be in [0, 1], got {self.sr.paired}"),
+            (
+                not self.data.low_res or not first_of(self.stage).trains_on_clip,
+                f"data.low_res is the upsamplers' low-res input; stage {self.stage} takes none: leave it out",
+            ),
             (self.sr.loss in ("l2", "l1"), f"sr.loss must be l2 or l1, got {self.sr.loss!r}"),
             (0 <= self.sr.text_drop <= 1, f"sr.text_drop must be in [0, 1], got {self.sr.text_drop}"),
             (

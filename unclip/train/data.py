@@ -16,6 +16,10 @@ Formats, detected from the path:
   ``text`` everywhere else. An optional ``clip_file_name`` pairs the image with another whose CLIP embedding
   conditions it (z_i; ``unclip embed`` embeds that one, and training then needs the cache): a style drawn on
   content the prior makes unstyled, as in ``unclip data shapes --outline`` (each outlined image's plain twin).
+* ``low_res``: a folder beside either format holding each image's low-res twin, the input an upsampler meets in the
+  cascade (``scripts/make_low_res.py``: the image at a sixteenth of its side through a model's 64→256 stage), a
+  quarter of the image's side, named as the image is (an imagefolder's ``file_name``; a shard's key + ``.png``).
+  Items then carry ``low_res_values``, resized and cropped as the image is.
 * webdataset: a ``.tar`` file, a folder of ``.tar`` files, or a glob or brace list (``shards-{000..009}.tar``).
   Members are grouped by key (the name up to the first dot of its base name); the image is the .jpg, .jpeg,
   .png or .webp member, the caption the .txt member or the ``text`` / ``caption`` field of the .json member
@@ -51,6 +55,8 @@ from PIL import Image, ImageOps
 from unclip.errors import UnclipError
 
 logger = logging.getLogger(__name__)
+
+LOW_RES_FACTOR = 4  # an upsampler's low-res input has a quarter of its output's side (64→256, 256→1024)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # in order of preference when a key has several
 CAPTION_FIELDS = ("text", "caption")  # of a webdataset .json member, in order of preference
@@ -278,10 +284,10 @@ def load_image(data: bytes, resolution: int) -> torch.Tensor:
 
 
 class CaptionedImages(torch.utils.data.Dataset):
-    """Map-style dataset of ``{"pixel_values", "text", "captions", "key", "index"}``, or ``None`` for an unreadable
-    image (``text``: the first of ``captions``)."""
+    """Map-style dataset of ``{"pixel_values", "text", "captions", "key", "index"}`` (and ``low_res_values`` with
+    ``low_res``), or ``None`` for an unreadable image (``text``: the first of ``captions``)."""
 
-    def __init__(self, path: str | Path, resolution: int):
+    def __init__(self, path: str | Path, resolution: int, low_res: str | Path | None = None):
         if not isinstance(resolution, int) or resolution < 1:
             raise UnclipError(f"resolution must be a positive number of pixels, got {resolution!r}")
         self.path = str(path)
@@ -293,6 +299,7 @@ class CaptionedImages(torch.utils.data.Dataset):
         self.keys: list[str] = [s.key for s in self._samples]
         self.texts: list[str] = [s.text for s in self._samples]
         self.paired = any(s.clip_file for s in self._samples)  # some z_i come from another image (clip_file_name)
+        self.low_res = _low_res_files(self.source, self._samples, Path(low_res)) if low_res else None
         self.clip_view = False  # True: each item is the image CLIP embeds for its z_i (what `unclip embed` reads)
         self._fingerprint: str | None = None
         self._warned: set[int] = set()
@@ -308,12 +315,14 @@ class CaptionedImages(torch.utils.data.Dataset):
         sample = self._samples[i]
         try:
             pixels = load_image(self.read_bytes(i), self.resolution)
+            low = load_image(self.low_res[i].read_bytes(), self.resolution // LOW_RES_FACTOR) if self.low_res else None
         except Exception as err:  # a bad image must not stop a run: the batch goes on without it
             if i not in self._warned:  # once per image and process, not every epoch
                 self._warned.add(i)
                 logger.warning(f"skipping unreadable image {sample.key} ({type(err).__name__}: {err})")
             return None
-        return {"pixel_values": pixels, "text": sample.text, "captions": sample.captions, "key": sample.key, "index": i}
+        item = {"pixel_values": pixels, "text": sample.text, "captions": sample.captions, "key": sample.key, "index": i}
+        return item if low is None else item | {"low_res_values": low}
 
     def read_bytes(self, i: int) -> bytes:
         """The encoded image of sample ``i``, as stored (with ``clip_view``: its ``clip_file_name`` if it has one)."""
@@ -333,6 +342,25 @@ class CaptionedImages(torch.utils.data.Dataset):
         return self._fingerprint
 
 
+def low_res_name(source: Source, key: str) -> str:
+    """The file name of the low-res twin of the image with ``key``, within a ``low_res`` folder."""
+    return key if source.format == "imagefolder" else f"{key}.png"
+
+
+def _low_res_files(source: Source, samples: list[_Sample], folder: Path) -> list[Path]:
+    """Each sample's low-res twin in ``folder``; an ``UnclipError`` naming the first missing one."""
+    if not folder.is_dir():
+        raise UnclipError(f"data.low_res {folder} is not a folder: make it (scripts/make_low_res.py) or leave it out")
+    files = [folder / low_res_name(source, s.key) for s in samples]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise UnclipError(
+            f"data.low_res {folder} lacks {len(missing)} of the {len(files)} low-res twins, the first "
+            f"{missing[0].name}: make them with scripts/make_low_res.py (it resumes), or leave data.low_res out"
+        )
+    return files
+
+
 def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
     """Stacks the readable samples; ``skipped`` counts the ``None`` ones (all of them: empty tensors)."""
     kept = [s for s in samples if s is not None]
@@ -340,7 +368,9 @@ def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
         pixel_values = torch.stack([s["pixel_values"] for s in kept])
     else:
         pixel_values = torch.empty(0, 3, 0, 0)
-    return {
+    paired = kept and "low_res_values" in kept[0]
+    low_res = {"low_res_values": torch.stack([s["low_res_values"] for s in kept])} if paired else {}
+    return low_res | {
         "pixel_values": pixel_values,
         "text": [s["text"] for s in kept],
         "captions": [s["captions"] for s in kept],

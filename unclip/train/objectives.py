@@ -12,7 +12,8 @@ condition dropout, degraded low-res inputs), drawing every random number from th
   embedding dropped 10% and caption 50% of the time (DALL·E 2 §2.1); optionally on multi-resolution noise
   (``decoder.pyramid_noise``) so that flat colours and layout are decided by the conditioning.
 * ``sr256`` / ``sr1024``: ε-prediction MSE on random crops of a quarter of the target size, the low-res
-  input degraded (Gaussian blur; for 256→1024 also noise and JPEG compression, DALL·E 2 Appendix C) and
+  input degraded (Gaussian blur; for 256→1024 also noise and JPEG compression, DALL·E 2 Appendix C), or with
+  ``data.low_res`` the crop's twin in the picture the stage below made (noise and JPEG still added), and
   noise-augmented at the inference level. The x4 latent upscaler (Karlo + x4's sr1024): the same crops and
   degradation, v-prediction on its VAE's latents, its caption through its own text encoder.
 """
@@ -37,7 +38,7 @@ from unclip.stages.prior import PriorDenoiser
 from unclip.stages.x4 import LatentUpscalerDenoiser
 from unclip.text import TextConditioning, tokenize
 from unclip.train.config import TrainConfig
-from unclip.train.data import pick_captions
+from unclip.train.data import LOW_RES_FACTOR, pick_captions
 from unclip.train.losses import Process
 
 
@@ -245,11 +246,15 @@ class SuperResObjective(nn.Module):
         self.augment = augmentation_schedule()  # as at inference
         self.size = self.unet.config.sample_size
 
-    def degrade(self, low: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def degrade(self, low: torch.Tensor, g: torch.Generator, twin: torch.Tensor | None = None) -> torch.Tensor:
         """The paper's low-res corruption: blur for 64→256; blur, noise and JPEG for 256→1024 (``sr.noise_sigma``,
-        ``sr.jpeg_quality`` set either for either stage)."""
+        ``sr.jpeg_quality`` set either for either stage). With ``twin`` (the crops' low-res twins, ``data.low_res``)
+        a fraction ``sr.paired`` of the images start from their twin instead of their blurred copy."""
         n = low.shape[0]
         low = _blur(low, _uniform(g, n, *self.options.blur_sigma))
+        if twin is not None:
+            paired = (_uniform(g, n) < self.options.paired).view(-1, 1, 1, 1).to(low.device)
+            low = torch.where(paired, twin, low)
         paper = self.stage == "sr1024"
         noise = self.options.noise_sigma or ((0.0, 0.04) if paper else (0.0, 0.0))
         quality = self.options.jpeg_quality or ((30, 96) if paper else (0, 0))
@@ -261,29 +266,42 @@ class SuperResObjective(nn.Module):
         return low.clamp(-1, 1)
 
     def random_crops(self, batch: dict[str, Any], g: torch.Generator, device: torch.device, unit: int,
-                     smallest: int) -> torch.Tensor:  # fmt: skip
+                     smallest: int) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """The batch's images at the stage's size, and from each a random square crop of ``sr.crop_fraction`` of
         the side (a multiple of ``unit`` pixels, at least ``smallest``); of ``sr.crop_tries`` such crops of an
-        image, the one with the most detail."""
-        images = batch["pixel_values"].to(device).float()
-        if images.shape[-1] != self.size:
-            images = F.interpolate(images, size=(self.size, self.size), mode="bicubic", antialias=True).clamp(-1, 1)
+        image, the one with the most detail. With low-res twins in the batch (``data.low_res``) also each crop's
+        twin, the same square of it (the crops then start on whole low-res pixels); else None."""
+        images = self._at(batch["pixel_values"].to(device).float(), self.size)
+        twins = batch.get("low_res_values")
+        step = 1 if twins is None else LOW_RES_FACTOR
+        if twins is not None:
+            twins = self._at(twins.to(device).float(), self.size // LOW_RES_FACTOR)
         n, tries = images.shape[0], self.options.crop_tries
         crop = max(smallest, int(self.size * self.options.crop_fraction) // unit * unit)
         shape = (n,) if tries == 1 else (n, tries)  # one try draws as before: the same crops for the same seed
-        tops = torch.randint(0, self.size - crop + 1, shape, generator=g).view(n, tries).tolist()
-        lefts = torch.randint(0, self.size - crop + 1, shape, generator=g).view(n, tries).tolist()
-        crops = []
-        for image, ys, xs in zip(images, tops, lefts, strict=True):
+        tops = (torch.randint(0, (self.size - crop) // step + 1, shape, generator=g) * step).view(n, tries).tolist()
+        lefts = (torch.randint(0, (self.size - crop) // step + 1, shape, generator=g) * step).view(n, tries).tolist()
+        crops, twin_crops = [], []
+        for k, (image, ys, xs) in enumerate(zip(images, tops, lefts, strict=True)):
             candidates = torch.stack([image[:, y : y + crop, x : x + crop] for y, x in zip(ys, xs, strict=True)])
-            crops.append(candidates[detail(candidates).argmax()] if tries > 1 else candidates[0])
-        return torch.stack(crops)
+            best = int(detail(candidates).argmax()) if tries > 1 else 0
+            crops.append(candidates[best])
+            if twins is not None:
+                y, x, side = ys[best] // step, xs[best] // step, crop // step
+                twin_crops.append(twins[k, :, y : y + side, x : x + side])
+        return torch.stack(crops), torch.stack(twin_crops) if twins is not None else None
+
+    @staticmethod
+    def _at(images: torch.Tensor, size: int) -> torch.Tensor:
+        if images.shape[-1] == size:
+            return images
+        return F.interpolate(images, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
 
     def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
-        x0 = self.random_crops(batch, g, device, unit=4, smallest=16)
+        x0, twins = self.random_crops(batch, g, device, unit=LOW_RES_FACTOR, smallest=16)
         n, crop = x0.shape[0], x0.shape[-1]
         low = F.interpolate(x0, size=(crop // 4, crop // 4), mode="bicubic", antialias=True).clamp(-1, 1)
-        low = self.degrade(low, g)
+        low = self.degrade(low, g, twins)
         low = F.interpolate(low, size=(crop, crop), mode="bicubic", antialias=True)
         if self.noise_level > 0:
             level = torch.full((n,), self.noise_level, dtype=torch.long)
@@ -319,6 +337,11 @@ class LatentUpscalerObjective(SuperResObjective):
         vae = cascade.upscaler_vae
         self.factor = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent (4: 256 latents → 1024 px)
         self.size = cascade.stages["sr1024"].size
+        if config.data.low_res and self.factor != LOW_RES_FACTOR:
+            raise UnclipError(
+                f"data.low_res twins are a quarter of the image's side, but this upscaler's VAE has {self.factor} "
+                "pixels per latent: leave data.low_res out"
+            )
         self.text_drop = config.sr.text_drop
         self._frozen = (cascade, vae)  # a tuple: not submodules, so neither trained nor wrapped by DDP
 
@@ -333,10 +356,10 @@ class LatentUpscalerObjective(SuperResObjective):
     @torch.no_grad()
     def prepare(self, batch: dict[str, Any], frozen: Frozen, g: torch.Generator, device: torch.device) -> dict:
         unit = 8 * self.factor  # the latent crop stays divisible by the UNet's downsampling
-        crops = self.random_crops(batch, g, device, unit=unit, smallest=unit)
+        crops, twins = self.random_crops(batch, g, device, unit=unit, smallest=unit)
         n, crop = crops.shape[0], crops.shape[-1]
         low = F.interpolate(crops, size=(crop // self.factor,) * 2, mode="bicubic", antialias=True).clamp(-1, 1)
-        low = self.degrade(low, g)
+        low = self.degrade(low, g, twins)
         level = torch.full((n,), self.noise_level, dtype=torch.long, device=device)
         low = self.augment.add_noise(low, _noise(g, low), level)
         vae = self._frozen[1]

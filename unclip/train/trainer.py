@@ -239,7 +239,8 @@ def train(config: TrainConfig) -> Path:
         output.mkdir(parents=True, exist_ok=True)
         (output / "train_config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    dataset = CaptionedImages(config.data.path, config.data.resolution or data_resolution(config.stage))
+    resolution = config.data.resolution or data_resolution(config.stage)
+    dataset = CaptionedImages(config.data.path, resolution, low_res=config.data.low_res or None)
     cascade = load_cascade(config, accelerator)
     set_prediction_type(cascade, config)
     if config.stage == "sr256" and config.sr.train == "both":  # one model for every sr256 step
