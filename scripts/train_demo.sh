@@ -15,9 +15,10 @@
 #   prior    configs/train/demo-prior.yaml around that CLIP.
 #   sr256, sr1024   the two upsamplers (they see no text: no trained CLIP needed).
 #   sr1024-top   sr1024's second phase, on the top timesteps only (the demo samples it in one step from noise).
+#   sr1024-more  its third: 3,000 more steps of the second's recipe (more steps kept sharpening its edges).
 #   decoder, decoder2, decoder3   the 64 px decoder in three phases, each from the previous one's weights, with
 #            every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun launcher).
-#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256 and sr1024-top), the
+#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256 and sr1024-more), the
 #            demo's settings (configs/demo.yaml).
 #   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
 #   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside
@@ -25,9 +26,11 @@
 #            configs/train/demo-outline-lora.yaml, shipped as models/demo-lora/outline.safetensors; retrained
 #            when models/demo is newer than it.
 # A training step is finished when its output_dir has model.yaml; an interrupted one resumes from its latest
-# checkpoint (`resume=latest`). Without arguments the text side (clip, embed, prior), sr256 and sr1024 run side
-# by side, each on half the cores. Every step that ran appends "step<TAB>seconds<TAB>date" to runs/demo/times.tsv
-# (a training step resumed in another session: that session's part, then "NAME (all sessions)", the trainer's clock).
+# checkpoint (`resume=latest`). Without arguments the text side (clip, embed, prior), sr256 and sr1024 (with its
+# later phases) run side by side, each on half the cores; the decoders start when the text side is done, beside
+# what is left of the upsamplers, which the export waits for. Every step that ran appends
+# "step<TAB>seconds<TAB>date" to runs/demo/times.tsv (a training step resumed in another session: that session's
+# part, then "NAME (all sessions)", the trainer's clock).
 # Everything goes under runs/demo/ and data/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +39,7 @@ SEED=${SEED:-0}
 CORES=$(nproc)
 HALF=$(( CORES > 1 ? CORES / 2 : 1 ))
 DECODER_LAUNCH=${DECODER_LAUNCH:-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no}
-STEPS=(data clip embed prior sr256 sr1024 sr1024-top decoder decoder2 decoder3 export eval outline)
+STEPS=(data clip embed prior sr256 sr1024 sr1024-top sr1024-more decoder decoder2 decoder3 export eval outline)
 mkdir -p runs/demo
 
 say() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -86,17 +89,18 @@ step_prior() { train prior; }
 step_sr256() { train sr256; }
 step_sr1024() { train sr1024; }
 step_sr1024-top() { train sr1024-top; }
+step_sr1024-more() { train sr1024-more; }
 step_decoder() { OMP_NUM_THREADS=$HALF train decoder $DECODER_LAUNCH; }
 step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min-SNR-γ 5
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
 step_export() {
   local run fresh=1  # models/demo is newer than every run it takes from
-  for run in decoder3 sr256 sr1024-top; do
+  for run in decoder3 sr256 sr1024-more; do
     [ -f models/demo/model.yaml ] && [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ] || fresh=0
   done
   [ "$fresh" = 1 ] && return
   timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml --upsamplers runs/demo/sr256/model.yaml \
-    --upscaler runs/demo/sr1024-top/model.yaml --clip runs/demo/clip --out models/demo --force
+    --upscaler runs/demo/sr1024-more/model.yaml --clip runs/demo/clip --out models/demo --force
   sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
 }
 step_eval() {  # the issue's two checks: every form at 64 px (n 192), and at 1024 px with the edge width (n 48)
@@ -140,18 +144,21 @@ text_lane() { export OMP_NUM_THREADS=$HALF; step_clip; step_embed; step_prior; }
 declare -A lanes
 text_lane > runs/demo-text-lane.log 2>&1 &
 lanes[text]=$!
-sr1024_lane() { export OMP_NUM_THREADS=$HALF; step_sr1024; step_sr1024-top; }
+sr1024_lane() { export OMP_NUM_THREADS=$HALF; step_sr1024; step_sr1024-top; step_sr1024-more; }
 OMP_NUM_THREADS=$HALF step_sr256 > runs/demo-sr256-lane.log 2>&1 &
 lanes[sr256]=$!
 sr1024_lane > runs/demo-sr1024-lane.log 2>&1 &
 lanes[sr1024]=$!
-say "three lanes: text (CLIP, prior), sr256, and sr1024 with sr1024-top (runs/demo-{text,sr256,sr1024}-lane.log)"
-for name in text sr256 sr1024; do
-  wait "${lanes[$name]}" || { echo "the $name lane failed: see runs/demo-$name-lane.log" >&2; exit 1; }
-done
+say "three lanes: text (CLIP, prior), sr256, and sr1024 with its later phases (runs/demo-{text,sr256,sr1024}-lane.log)"
+lane() {  # lane NAME: wait for it, or stop with where to look
+  wait "${lanes[$1]}" || { echo "the $1 lane failed: see runs/demo-$1-lane.log" >&2; exit 1; }
+}
+lane text  # the decoders need the CLIP and its embeddings; the upsampler lanes go on beside them, up to the export
 step_decoder
 step_decoder2
 step_decoder3
+lane sr256
+lane sr1024
 step_export
 step_eval
 step_outline
