@@ -24,12 +24,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from unclip.errors import UnclipError
+from unclip.outputs import postprocess
 from unclip.stages.base import StageInputs
 from unclip.train.data import LOW_RES_FACTOR, CaptionedImages, low_res_name
-
-
-def to_image(x: torch.Tensor) -> Image.Image:
-    return Image.fromarray(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
 
 
 def save(image: Image.Image, path: Path) -> None:
@@ -85,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
         low = F.interpolate(images, size=(small, small), mode="bicubic", antialias=True).clamp(-1, 1)
         generators = [torch.Generator().manual_seed(args.seed + i) for i, _ in batch]
         twins = pipe.run_stage("sr256", low, StageInputs(generators=generators), plan)
-        for (i, _), twin in zip(batch, twins, strict=True):
-            save(to_image(twin), args.out / low_res_name(data.source, data.keys[i]))
+        for (i, _), twin in zip(batch, postprocess(twins, "pil"), strict=True):  # as the cascade's own outputs
+            save(twin, args.out / low_res_name(data.source, data.keys[i]))
         made = done + len(batch)
         rate = (time.perf_counter() - start) / made
         print(f"{made}/{len(todo)}  {rate:.2f} s per image", flush=True)
