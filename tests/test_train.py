@@ -211,6 +211,43 @@ def test_sr_loss_l1_takes_the_absolute_error_of_the_same_prediction(tmp_path, da
         load_train_config(None, ["data.path=d", "sr.loss=huber"])
 
 
+def test_sr_edge_weight_weighs_the_error_at_edges_up(tmp_path, data):
+    """``sr.edge_weight=λ``: each pixel's error weighed 1 + λ × the target's local contrast (``contrast``: 0 on a flat
+    colour, 1 on both sides of a black-white edge), the loss normalised by the weights; 0 leaves the loss as it was."""
+    from unclip.pipeline import UnCLIPCascade
+    from unclip.train.architectures import ARCHITECTURES
+    from unclip.train.objectives import contrast, objective_for
+
+    images = -torch.ones(1, 3, 16, 16)
+    images[..., 8:] = 1  # a vertical black-white edge between columns 7 and 8
+    edge = contrast(images)[0, 0]
+    assert edge.shape == (16, 16) and torch.equal(edge[:, 6:10], torch.ones(16, 4))  # both sides, and next
+    assert edge[:, :6].abs().max() == 0 and edge[:, 10:].abs().max() == 0  # flat: 0
+
+    cascade = UnCLIPCascade.from_pretrained(ARCHITECTURES["tiny"](tmp_path / "init", 0))
+    x0 = -torch.ones(2, 3, 1024, 1024)  # at the tiny 256→1024 stage's size: no resizing
+    x0[..., 512:] = 1
+    batch = {"pixel_values": x0}
+
+    def loss(weight: float, error_at: int) -> torch.Tensor:
+        config = load_train_config(None, ["stage=sr1024", f"data.path={data}", "sr.loss=l1", "sr.crop_fraction=1",
+                                          f"sr.edge_weight={weight}"])  # fmt: skip
+        objective = objective_for(cascade, config)
+        inputs = objective.prepare(batch, None, torch.Generator().manual_seed(0), torch.device("cpu"))
+        band = torch.zeros_like(inputs["target"])
+        band[..., 512 + error_at : 512 + error_at + 4] = 1
+        # a denoiser that predicts its target exactly but for 0.5 on those four columns
+        objective.unet.forward = lambda **_: type("Out", (), {"sample": inputs["target"] + 0.5 * band})()
+        return objective(**inputs)
+
+    flat, at_edge = -20, -2  # four columns from here, relative to the edge
+    assert torch.allclose(loss(0, flat), loss(0, at_edge))  # uniform: an error costs the same anywhere
+    assert (loss(4, at_edge) > 2 * loss(4, flat)).all()  # the same error costs more at the edge
+    assert (loss(4, flat) < loss(0, flat)).all()  # normalised: weighing the edge up weighs flat pixels down
+    with pytest.raises(UnclipError, match="sr.edge_weight must be ≥ 0"):
+        load_train_config(None, ["data.path=d", "sr.edge_weight=-1"])
+
+
 def test_sr_crop_tries_trains_on_the_crop_with_an_edge(tmp_path, data):
     """``sr.crop_tries=N``: of N random crops of an image the one with the most detail; one try draws the crops
     it always drew (same seed, same crops)."""

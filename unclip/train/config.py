@@ -86,6 +86,10 @@ class SuperResOptions:
     # [low, high): the training timesteps, drawn uniformly; empty: all of them (sr.train=last: the final step's).
     # A stage sampled in one step from pure noise (start 1000, 1 step) only ever meets the top ones.
     timesteps: tuple[int, ...] = ()
+    # > 0: each pixel's error weighed 1 + edge_weight × the target's local contrast there (the largest neighbouring-
+    # pixel difference within a pixel, 0 on a flat colour, about 1 across an edge between far colours), the loss
+    # then normalised by the weights: a small upsampler's capacity spent on the edges its metric reads; 0: uniform
+    edge_weight: float = 0.0
     paired: float = 1.0  # with data.low_res: the fraction of crops whose input is their twin (the rest degrade)
     train: str = "both"  # sr256 only: "first", "last" (Karlo's final-step model) or "both" (one model for both)
     text_drop: float = 0.1  # the x4 latent upscaler's caption dropout (its guidance's empty prompt)
@@ -172,6 +176,7 @@ class TrainConfig:
                 f"data.low_res is the upsamplers' low-res input; stage {self.stage} takes none: leave it out",
             ),
             (self.sr.loss in ("l2", "l1"), f"sr.loss must be l2 or l1, got {self.sr.loss!r}"),
+            (self.sr.edge_weight >= 0, f"sr.edge_weight must be ≥ 0 (0: uniform), got {self.sr.edge_weight}"),
             (0 <= self.sr.text_drop <= 1, f"sr.text_drop must be in [0, 1], got {self.sr.text_drop}"),
             (
                 len(self.sr.blur_sigma) == 2 and 0 < self.sr.blur_sigma[0] <= self.sr.blur_sigma[1],

@@ -216,6 +216,18 @@ def detail(images: torch.Tensor) -> torch.Tensor:
     return across + down
 
 
+def contrast(images: torch.Tensor) -> torch.Tensor:
+    """Each pixel's local contrast, (N, 1, H, W): the largest absolute difference between neighbouring pixels (across
+    or down, the channels' mean) in its 3 × 3 neighbourhood, halved: 0 on a flat colour, 1 across a black-white edge
+    of [-1, 1] images. Both sides of an edge and its blended pixels get the edge's value."""
+    across = (images[..., :, 1:] - images[..., :, :-1]).abs().mean(1, keepdim=True)
+    down = (images[..., 1:, :] - images[..., :-1, :]).abs().mean(1, keepdim=True)
+    # each difference to both pixels it lies between
+    across = torch.maximum(F.pad(across, (0, 1, 0, 0)), F.pad(across, (1, 0, 0, 0)))
+    down = torch.maximum(F.pad(down, (0, 0, 0, 1)), F.pad(down, (0, 0, 1, 0)))
+    return F.max_pool2d(torch.maximum(across, down), 3, stride=1, padding=1) / 2
+
+
 class SuperResObjective(nn.Module):
     """64→256 (Karlo's ``super_res_first``/``super_res_last``) or 256→1024 (the pixel upsampler)."""
 
@@ -311,12 +323,20 @@ class SuperResObjective(nn.Module):
         td = t.to(device)
         return dict(
             x_t=self.process.q_sample(x0, td, noise), t=td, low_res=low, target=self.process.target(x0, td, noise),
-            weight=_weights(self.process, t, self.gamma).to(device),
+            weight=_weights(self.process, t, self.gamma).to(device), pixel_weight=self.pixel_weight(x0),
         )  # fmt: skip
 
-    def forward(self, x_t, t, low_res, target, weight) -> torch.Tensor:
+    def pixel_weight(self, x0: torch.Tensor) -> torch.Tensor | None:
+        """``sr.edge_weight``'s per-pixel weights of the error, 1 + edge_weight × ``contrast(x0)``; None when 0."""
+        return 1 + self.options.edge_weight * contrast(x0) if self.options.edge_weight > 0 else None
+
+    def forward(self, x_t, t, low_res, target, weight, pixel_weight=None) -> torch.Tensor:
         out = ConcatDenoiser(self.unet, low_res)(x_t, t, 0).float()  # the upsampler stages' denoiser
-        return weight * self.error(out[:, : target.shape[1]] - target).flatten(1).mean(1)
+        error = self.error(out[:, : target.shape[1]] - target)
+        if pixel_weight is None:
+            return weight * error.flatten(1).mean(1)
+        # the weighted mean over pixels: an image's loss stays on the scale of the uniform one
+        return weight * (pixel_weight * error).flatten(1).sum(1) / (pixel_weight.flatten(1).sum(1) * error.shape[1])
 
     def error(self, difference: torch.Tensor) -> torch.Tensor:
         """The per-element error of ``sr.loss``: squared (l2) or absolute (l1)."""
@@ -342,6 +362,9 @@ class LatentUpscalerObjective(SuperResObjective):
                 f"data.low_res twins are a quarter of the image's side, but this upscaler's VAE has {self.factor} "
                 "pixels per latent: leave data.low_res out"
             )
+        if config.sr.edge_weight > 0:
+            raise UnclipError("sr.edge_weight weighs pixels of the pixel upsamplers; this one denoises VAE latents: "
+                              "leave sr.edge_weight out")  # fmt: skip
         self.text_drop = config.sr.text_drop
         self._frozen = (cascade, vae)  # a tuple: not submodules, so neither trained nor wrapped by DDP
 
