@@ -16,9 +16,10 @@
 #   sr256, sr1024   the two upsamplers (they see no text: no trained CLIP needed).
 #   sr1024-top   sr1024's second phase, on the top timesteps only (the demo samples it in one step from noise).
 #   sr1024-more  its third: 3,000 more steps of the second's recipe (more steps kept sharpening its edges).
+#   sr1024-edge  its fourth: 2,000 steps with the error weighed up at edges (sr.edge_weight; sharper still).
 #   decoder, decoder2, decoder3   the 64 px decoder in three phases, each from the previous one's weights, with
 #            every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun launcher).
-#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256 and sr1024-more), the
+#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256 and sr1024-edge), the
 #            demo's settings (configs/demo.yaml).
 #   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
 #   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside
@@ -39,7 +40,7 @@ SEED=${SEED:-0}
 CORES=$(nproc)
 HALF=$(( CORES > 1 ? CORES / 2 : 1 ))
 DECODER_LAUNCH=${DECODER_LAUNCH:-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no}
-STEPS=(data clip embed prior sr256 sr1024 sr1024-top sr1024-more decoder decoder2 decoder3 export eval outline)
+STEPS=(data clip embed prior sr256 sr1024 sr1024-top sr1024-more sr1024-edge decoder decoder2 decoder3 export eval outline)
 mkdir -p runs/demo
 
 say() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -90,17 +91,18 @@ step_sr256() { train sr256; }
 step_sr1024() { train sr1024; }
 step_sr1024-top() { train sr1024-top; }
 step_sr1024-more() { train sr1024-more; }
+step_sr1024-edge() { train sr1024-edge; }
 step_decoder() { OMP_NUM_THREADS=$HALF train decoder $DECODER_LAUNCH; }
 step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min-SNR-γ 5
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
 step_export() {
   local run fresh=1  # models/demo is newer than every run it takes from
-  for run in decoder3 sr256 sr1024-more; do
+  for run in decoder3 sr256 sr1024-edge; do
     [ -f models/demo/model.yaml ] && [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ] || fresh=0
   done
   [ "$fresh" = 1 ] && return
   timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml --upsamplers runs/demo/sr256/model.yaml \
-    --upscaler runs/demo/sr1024-more/model.yaml --clip runs/demo/clip --out models/demo --force
+    --upscaler runs/demo/sr1024-edge/model.yaml --clip runs/demo/clip --out models/demo --force
   sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
 }
 step_eval() {  # the issue's two checks: every form at 64 px (n 192), and at 1024 px with the edge width (n 48)
@@ -144,7 +146,7 @@ text_lane() { export OMP_NUM_THREADS=$HALF; step_clip; step_embed; step_prior; }
 declare -A lanes
 text_lane > runs/demo-text-lane.log 2>&1 &
 lanes[text]=$!
-sr1024_lane() { export OMP_NUM_THREADS=$HALF; step_sr1024; step_sr1024-top; step_sr1024-more; }
+sr1024_lane() { export OMP_NUM_THREADS=$HALF; step_sr1024; step_sr1024-top; step_sr1024-more; step_sr1024-edge; }
 OMP_NUM_THREADS=$HALF step_sr256 > runs/demo-sr256-lane.log 2>&1 &
 lanes[sr256]=$!
 sr1024_lane > runs/demo-sr1024-lane.log 2>&1 &
