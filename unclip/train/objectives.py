@@ -14,7 +14,8 @@ condition dropout, degraded low-res inputs), drawing every random number from th
 * ``sr256`` / ``sr1024``: ε-prediction MSE on random crops of a quarter of the target size, the low-res
   input degraded (Gaussian blur; for 256→1024 also noise and JPEG compression, DALL·E 2 Appendix C), or with
   ``data.low_res`` the crop's twin in the picture the stage below made (noise and JPEG still added), and
-  noise-augmented at the inference level. The x4 latent upscaler (Karlo + x4's sr1024): the same crops and
+  noise-augmented at the inference level; optionally each pixel's error weighed up at the target's edges
+  (``sr.edge_weight``). The x4 latent upscaler (Karlo + x4's sr1024): the same crops and
   degradation, v-prediction on its VAE's latents, its caption through its own text encoder.
 """
 
