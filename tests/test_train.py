@@ -459,3 +459,5 @@ def test_the_x4_latent_upscaler_trains_a_lora_adapter_and_its_loss_falls(tmp_pat
     assert (adapter.component, adapter.stage) == ("upscaler_unet", "sr1024")
     before, after = _eval_loss(model_yaml, "sr1024", data, config), _eval_loss(trained, "sr1024", data, config)
     assert after < 0.9 * before, (before, after)  # measured: 0.619 → 0.538
+    with pytest.raises(UnclipError, match="sr.edge_weight weighs pixels of the pixel upsamplers"):
+        train(load_train_config(None, [*overrides, f"output_dir={tmp_path / 'edge'}", "sr.edge_weight=1"]))
