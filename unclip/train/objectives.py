@@ -210,19 +210,22 @@ def _blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _differences(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The absolute differences between neighbouring pixels, across (…, W − 1) and down (…, H − 1, W)."""
+    return (images[..., :, 1:] - images[..., :, :-1]).abs(), (images[..., 1:, :] - images[..., :-1, :]).abs()
+
+
 def detail(images: torch.Tensor) -> torch.Tensor:
     """Each image's mean absolute difference between neighbouring pixels (across and down): 0 on a flat colour."""
-    across = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(1)
-    down = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(1)
-    return across + down
+    across, down = _differences(images)
+    return across.flatten(1).mean(1) + down.flatten(1).mean(1)
 
 
 def contrast(images: torch.Tensor) -> torch.Tensor:
     """Each pixel's local contrast, (N, 1, H, W): the largest absolute difference between neighbouring pixels (across
     or down, the channels' mean) in its 3 × 3 neighbourhood, halved: 0 on a flat colour, 1 across a black-white edge
     of [-1, 1] images. Both sides of an edge and its blended pixels get the edge's value."""
-    across = (images[..., :, 1:] - images[..., :, :-1]).abs().mean(1, keepdim=True)
-    down = (images[..., 1:, :] - images[..., :-1, :]).abs().mean(1, keepdim=True)
+    across, down = (d.mean(1, keepdim=True) for d in _differences(images))
     # each difference to both pixels it lies between
     across = torch.maximum(F.pad(across, (0, 1, 0, 0)), F.pad(across, (1, 0, 0, 0)))
     down = torch.maximum(F.pad(down, (0, 0, 0, 1)), F.pad(down, (0, 0, 1, 0)))
