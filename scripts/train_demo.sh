@@ -78,7 +78,7 @@ step_clip() {
   [ -f runs/demo/clip/zero_shot.json ] && return
   rm -rf runs/demo/clip  # an export cut short; the training state is in runs/demo/clip.pt
   timed clip python scripts/train_demo_clip.py --data data/shapes-256 --out runs/demo/clip --steps 5000 \
-    --seed "$SEED" --checkpoint runs/demo/clip.pt --no-progress
+    --seed "$SEED" --checkpoint runs/demo/clip.pt --captions placed --no-progress
 }
 step_embed() {
   local cache

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from unclip.demo import clip
+from unclip.demo import clip, shapes
 from unclip.demo.clip_export import export_clip, load_open_clip
 from unclip.demo.shapes import write_dataset
 from unclip.replicas import randomize_
@@ -159,11 +159,15 @@ def test_script_trains_scores_and_exports(tmp_path, capsys):
         "1",
         "--eval-n",
         "24",
+        "--captions",
+        "placed",
         "--no-progress",
     ]
     assert main(args) == 0
     summary = json.loads((out / "zero_shot.json").read_text())
     assert set(summary["zero_shot"]) == {"colour", "shape", "position", "background", "size"}
+    assert set(summary["zero_shot_sizeless"]) == {"colour", "shape", "position", "background"}
+    assert summary["captions"] == "placed"
     assert summary["eval_images"] == 24 and summary["eval_images_held_out"] == 3
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 3
     for sub in ("text_encoder", "tokenizer", "image_encoder", "feature_extractor", "open_clip"):
@@ -171,3 +175,20 @@ def test_script_trains_scores_and_exports(tmp_path, capsys):
     assert "zero-shot accuracy (all): colour" in capsys.readouterr().out
     assert main(args) == 2  # never over an earlier run
     assert "not a new or empty folder" in capsys.readouterr().err
+
+
+def test_placed_captions_keep_the_place_and_drop_the_size_word():
+    choose = runpy.run_path(str(SCRIPT))["choose_captions"]
+    placed = shapes.Attributes(shape="circle", colour="red", background="blue", size="large", position="top left")
+    anywhere = shapes.Attributes(shape="square", colour="orange", background="green", size="small", position="anywhere")
+    captions = [tuple(shapes.captions(placed)), tuple(shapes.captions(anywhere))]
+    texts = [c[0] for c in captions]
+    assert choose(texts, captions, "first") is None and choose(texts, captions, "all") == captions
+    kept = choose(texts, captions, "placed")
+    assert set(kept[0]) == {
+        "a large red circle in the top left on a blue background",
+        "a red circle in the top left on a blue background",
+        "a large red circle in the top left on a blue background.",
+        "a red circle in the top left on a blue background.",
+    }
+    assert kept[1] == captions[1]  # said nowhere: every caption of it says as much of the place

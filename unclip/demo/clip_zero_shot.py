@@ -13,6 +13,8 @@ for an attribute value is the log-sum-exp of its logits (logit scale × cosine) 
 value, i.e. the posterior over captions marginalised onto the attribute; the prediction is the best value.
 The model never sees a caption of the held-out colour-and-shape pairs in training (``shapes.HELD_OUT``), yet
 they are classes here and an eighth of the evaluation images: ``held_out`` is the accuracy on those images.
+``sizeless`` scores the same images against the captions that leave the size word out (840 classes; size not
+scored): the form whose text a tower trained on full captions alone read with every later token shifted.
 
 Short prompts score far worse on this model, which only ever read the full grammar: on one whose marginalised
 colour accuracy was 100 %, "a <colour> shape" against the 8 colours gave 56 %.
@@ -35,15 +37,17 @@ from unclip.demo.clip import IMAGE_SIZE, encode_images, encode_texts
 class ZeroShotReport:
     accuracy: dict[str, float]  # attribute → fraction right, over all images
     held_out: dict[str, float]  # the same over the images of held-out colour-and-shape pairs (empty: none)
+    sizeless: dict[str, float]  # ``accuracy`` against the captions without the size word (size not scored)
     n: int
     n_held_out: int
 
 
-def all_attributes() -> list[shapes.Attributes]:
+def all_attributes(size: bool = True) -> list[shapes.Attributes]:
     """Every attribute combination the grammar can caption with every part said (the shape's colour is never the
-    background's; a named position)."""
+    background's; a named position); ``size=False``: the same without the size word (fewer: sizes merge)."""
     positions = [p for p in shapes.POSITIONS if p != "anywhere"]
-    grid = itertools.product(shapes.COLOURS, shapes.SHAPES, shapes.COLOURS, shapes.AREAS, positions)
+    sizes = shapes.AREAS if size else (None,)
+    grid = itertools.product(shapes.COLOURS, shapes.SHAPES, shapes.COLOURS, sizes, positions)
     return [shapes.Attributes(shape=s, colour=c, background=b, size=z, position=p) for c, s, b, z, p in grid if b != c]
 
 
@@ -66,22 +70,32 @@ def eval_images(
 @torch.no_grad()
 def zero_shot(model, images: torch.Tensor, attributes: list[shapes.Attributes]) -> ZeroShotReport:
     """Per-attribute zero-shot accuracy of ``model`` (open_clip) on uint8 ``images`` with true ``attributes``."""
-    classes = all_attributes()
-    texts = encode_texts(model, [c.caption for c in classes])
-    logits = model.logit_scale.exp() * encode_images(model, images) @ texts.T  # (N, C)
-    right: dict[str, torch.Tensor] = {}
-    for name in shapes.ATTRIBUTES:
-        values = sorted({getattr(c, name) for c in classes})
-        member = torch.tensor([[getattr(c, name) == v for c in classes] for v in values])  # (V, C)
-        scores = torch.stack([logits[:, m].logsumexp(dim=-1) for m in member], dim=-1)  # (N, V)
-        truth = torch.tensor([values.index(v) if (v := getattr(a, name)) in values else -1 for a in attributes])
-        right[name] = scores.argmax(dim=-1) == truth
+    features = encode_images(model, images)
+    right = _right(model, features, attributes, all_attributes())
+    sizeless = _right(model, features, attributes, all_attributes(size=False))
     held = torch.tensor([a.held_out for a in attributes])
     placed = torch.tensor([a.position != "anywhere" for a in attributes])  # position asked of these only
     asked = {name: placed if name == "position" else torch.ones_like(placed) for name in right}
     return ZeroShotReport(
         accuracy={k: v[asked[k]].float().mean().item() for k, v in right.items()},
         held_out={k: v[held & asked[k]].float().mean().item() for k, v in right.items()} if held.any() else {},
+        sizeless={k: v[asked[k]].float().mean().item() for k, v in sizeless.items()},
         n=len(attributes),
         n_held_out=int(held.sum()),
     )
+
+
+def _right(model, features, attributes, classes) -> dict[str, torch.Tensor]:
+    """Per attribute, whether each image's best value (its logits marginalised over ``classes``) is its own."""
+    texts = encode_texts(model, [c.caption for c in classes])
+    logits = model.logit_scale.exp() * features @ texts.T  # (N, C)
+    right: dict[str, torch.Tensor] = {}
+    for name in shapes.ATTRIBUTES:
+        values = sorted({getattr(c, name) for c in classes})
+        if values == [None]:  # not said in these classes
+            continue
+        member = torch.tensor([[getattr(c, name) == v for c in classes] for v in values])  # (V, C)
+        scores = torch.stack([logits[:, m].logsumexp(dim=-1) for m in member], dim=-1)  # (N, V)
+        truth = torch.tensor([values.index(v) if (v := getattr(a, name)) in values else -1 for a in attributes])
+        right[name] = scores.argmax(dim=-1) == truth
+    return right
