@@ -9,8 +9,9 @@
 #   data     the procedural shapes dataset: the same scenes at 256 px (CLIP, prior, decoder, 64→256) and, the
 #            first 4000, at 1024 px (256→1024); written into a .partial folder, renamed when whole. Each image's
 #            "text" lists every caption of the grammar true of it (size word, position, full stop said or not).
-#   clip     the tiny CLIP (open_clip, contrastive, a caption drawn per image and step; scripts/train_demo_clip.py),
-#            its state saved every 500 steps to runs/demo/clip.pt and resumed from.
+#   clip     the tiny CLIP (open_clip, contrastive; scripts/train_demo_clip.py --captions placed: each step one of
+#            an image's captions that say its place, with or without the size word), its state saved every 500
+#            steps to runs/demo/clip.pt and resumed from.
 #   embed    its image embeddings of the 256 px set, cached (`unclip embed`); redone when the CLIP is newer.
 #   prior    configs/train/demo-prior.yaml around that CLIP.
 #   sr256, sr1024   the two upsamplers (they see no text: no trained CLIP needed).
@@ -77,7 +78,7 @@ step_data() {
 step_clip() {
   [ -f runs/demo/clip/zero_shot.json ] && return
   rm -rf runs/demo/clip  # an export cut short; the training state is in runs/demo/clip.pt
-  timed clip python scripts/train_demo_clip.py --data data/shapes-256 --out runs/demo/clip --steps 5000 \
+  timed clip python scripts/train_demo_clip.py --data data/shapes-256 --out runs/demo/clip --steps 10000 \
     --seed "$SEED" --checkpoint runs/demo/clip.pt --captions placed --no-progress
 }
 step_embed() {
