@@ -45,17 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def classify(z: torch.Tensor, classes_z: torch.Tensor, classes, scale: float) -> list[dict[str, str]]:
     """Each row of ``z`` read as the attributes of its best-scoring value per attribute (marginalised logits)."""
-    from unclip.demo.shapes import ATTRIBUTES
+    from unclip.demo.clip_zero_shot import best_values
 
     logits = scale * torch.nn.functional.normalize(z.float(), dim=-1) @ classes_z.T
-    out: list[dict[str, str]] = [{} for _ in range(len(z))]
-    for name in ATTRIBUTES:
-        values = sorted({getattr(c, name) for c in classes})
-        member = torch.tensor([[getattr(c, name) == v for c in classes] for v in values])
-        best = torch.stack([logits[:, m].logsumexp(dim=-1) for m in member], dim=-1).argmax(dim=-1)
-        for row, index in zip(out, best.tolist(), strict=True):
-            row[name] = values[index]
-    return out
+    best = best_values(logits, classes)
+    return [{name: values[k] for name, values in best.items()} for k in range(len(z))]
 
 
 def said(attributes) -> list[str]:

@@ -89,13 +89,21 @@ def _right(model, features, attributes, classes) -> dict[str, torch.Tensor]:
     """Per attribute, whether each image's best value (its logits marginalised over ``classes``) is its own."""
     texts = encode_texts(model, [c.caption for c in classes])
     logits = model.logit_scale.exp() * features @ texts.T  # (N, C)
-    right: dict[str, torch.Tensor] = {}
+    return {
+        name: torch.tensor([v == getattr(a, name) for v, a in zip(best, attributes, strict=True)])
+        for name, best in best_values(logits, classes).items()
+    }
+
+
+def best_values(logits: torch.Tensor, classes: list[shapes.Attributes]) -> dict[str, list]:
+    """Per attribute the ``classes`` say, each row's best value: the log-sum-exp of its ``logits`` (N, C) over the
+    classes with that value (the posterior over captions marginalised onto the attribute), then the argmax."""
+    best: dict[str, list] = {}
     for name in shapes.ATTRIBUTES:
         values = sorted({getattr(c, name) for c in classes})
         if values == [None]:  # not said in these classes
             continue
         member = torch.tensor([[getattr(c, name) == v for c in classes] for v in values])  # (V, C)
         scores = torch.stack([logits[:, m].logsumexp(dim=-1) for m in member], dim=-1)  # (N, V)
-        truth = torch.tensor([values.index(v) if (v := getattr(a, name)) in values else -1 for a in attributes])
-        right[name] = scores.argmax(dim=-1) == truth
-    return right
+        best[name] = [values[i] for i in scores.argmax(dim=-1).tolist()]
+    return best
