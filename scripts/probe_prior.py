@@ -26,6 +26,7 @@ import torch
 
 from unclip.errors import UnclipError
 
+# the rows of the table: some of ``unclip.demo.eval.GROUPS`` (whose predicates pick the prompts of each)
 GROUPS = ("overall", "says size, position", "says size", "says position", "says neither", "held out")
 
 
@@ -64,16 +65,14 @@ def said(attributes) -> list[str]:
 
 def table(prompts, readings: dict[str, list[dict[str, str]]]) -> dict[str, dict[str, dict[str, float | int]]]:
     """{row: {group: {attribute: accuracy, "n": prompts}}} over the attributes each prompt says."""
+    from unclip.demo.eval import GROUPS as MEMBER
     from unclip.demo.shapes import ATTRIBUTES
-
-    def member(group: str, a) -> bool:
-        return group == "overall" or (group == "held out" and a.held_out) or group == f"says {a.form}"
 
     result: dict[str, dict[str, dict[str, float | int]]] = {}
     for row, read in readings.items():
         result[row] = {}
         for group in GROUPS:
-            picked = [(a, r) for a, r in zip(prompts, read, strict=True) if member(group, a)]
+            picked = [(a, r) for a, r in zip(prompts, read, strict=True) if MEMBER[group](a)]
             cells: dict[str, float | int] = {"n": len(picked)}
             for name in ATTRIBUTES:
                 asked = [r[name] == getattr(a, name) for a, r in picked if name in said(a)]
