@@ -44,35 +44,39 @@ nvidia-smi -L | tee "$OUT/device.txt"
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, \
 'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt" || exit 1
 
+# only the files that hold gpu tests: collecting the others would import the serve and browser extras, absent there
+mapfile -t GPU_TESTS < <(grep -l "pytest.mark.gpu" tests/test_*.py)
 BENCH=(python3 scripts/benchmark.py --configs .gpu/pretrained-configs --runs 3 --warmup 1)
 left() { echo $((DEADLINE - SECONDS)); }
-part() {  # part NAME NEEDED_SECONDS COMMAND...: run it with what is left of the deadline, log to $OUT/NAME.log
-    local name=$1 needed=$2
-    shift 2
+part() {  # part NAME NEEDED_SECONDS MOST_SECONDS COMMAND...: run it for at most MOST (or what is left of the
+    local name=$1 needed=$2 most=$3  # deadline), log to $OUT/NAME.log; a benchmark cut short keeps its JSON rows
+    shift 3
     if (($(left) < needed)); then
         echo "== $name: skipped, $(left) s left (needs about $needed)" | tee -a "$OUT/summary.txt"
         return
     fi
     echo "== $name ($(left) s left)"
-    timeout "$(left)" "$@" 2>&1 | tee "$OUT/$name.log"
+    local limit=$(left)
+    ((limit > most)) && limit=$most
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     echo "== $name: exit ${PIPESTATUS[0]} after ${SECONDS} s" | tee -a "$OUT/summary.txt"
 }
 
 for p in "${PARTS[@]}"; do
     case $p in
-        tests) part tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ ;;
-        bench-reference) part bench-reference 240 "${BENCH[@]}" --preset reference \
+        tests) part tests 60 120 python3 -m pytest -q -p no:cacheprovider -m gpu "${GPU_TESTS[@]}" ;;
+        bench-reference) part bench-reference 240 300 "${BENCH[@]}" --preset reference \
             --speedups off default no_compile graphs fast --json "$OUT/bench-reference.json" ;;
-        bench-fast) part bench-fast 150 "${BENCH[@]}" --preset fast \
+        bench-fast) part bench-fast 150 200 "${BENCH[@]}" --preset fast \
             --speedups default no_compile fast --json "$OUT/bench-fast.json" ;;
-        eager) part eager 120 "${BENCH[@]}" --preset fast --no-diffusers \
+        eager) part eager 120 150 "${BENCH[@]}" --preset fast --no-diffusers \
             --speedups default channels_last vae_bf16 vae_tiled split_guidance --json "$OUT/bench-eager.json" ;;
         memory)
-            part offload 60 "${BENCH[@]}" --preset fast --no-diffusers --offload --runs 1 \
+            part offload 60 90 "${BENCH[@]}" --preset fast --no-diffusers --offload --runs 1 \
                 --speedups default no_compile vae_tiled --json "$OUT/bench-offload.json"
-            part bf16 60 "${BENCH[@]}" --preset fast --dtype bf16 --speedups default no_compile \
+            part bf16 60 90 "${BENCH[@]}" --preset fast --dtype bf16 --speedups default no_compile \
                 --json "$OUT/bench-bf16.json"
-            part batches 90 "${BENCH[@]}" --preset fast --batch 4 8 --speedups default no_compile \
+            part batches 90 150 "${BENCH[@]}" --preset fast --batch 4 8 --speedups default no_compile \
                 --json "$OUT/bench-batches.json" ;;
         *) echo "unknown part '$p'; parts: tests bench-reference bench-fast eager memory" >&2; exit 2 ;;
     esac
