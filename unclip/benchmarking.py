@@ -143,7 +143,10 @@ def full_size_cascade(configs: str | Path, dtype: torch.dtype, device: str | tor
                 components[prefix + name] = SCHEDULER_CLASSES[class_name].from_config(config)
             elif class_name in ("CLIPTokenizer", "CLIPTokenizerFast"):
                 components[prefix + name] = transformers.CLIPTokenizer(
-                    str(vocab / "vocab.json"), str(vocab / "merges.txt"), pad_token=_pad_token(folder / name)
+                    str(vocab / "vocab.json"),
+                    str(vocab / "merges.txt"),
+                    pad_token=_pad_token(folder / name),
+                    model_max_length=_max_length(folder / name),  # unset, it is 1e30 and padding overflows
                 )
             else:
                 config = json.loads((folder / name / "config.json").read_text())
@@ -155,6 +158,12 @@ def full_size_cascade(configs: str | Path, dtype: torch.dtype, device: str | tor
         components["upscaler_vae"].to(torch.float32)  # as from_pretrained does: the x4 VAE overflows in fp16
     config = ModelConfig(unclip=str(folders["karlo"]), upscaler=str(folders["x4"]), name="full-size replica")
     return UnCLIPCascade(**components, model_config=config)
+
+
+def _max_length(folder: Path) -> int:
+    """tokenizer_config.json's model_max_length (CLIP's 77)."""
+    file = folder / "tokenizer_config.json"
+    return json.loads(file.read_text()).get("model_max_length", 77) if file.is_file() else 77
 
 
 def _pad_token(folder: Path) -> str:
