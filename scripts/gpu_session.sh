@@ -6,14 +6,15 @@
 #   # then, with the device tool: run(command="bash scripts/gpu_session.sh", carry=[".gpu"], timeout_s=600)
 #   bash scripts/gpu_session.sh bench-fast memory     # only some parts (default: all, in this order)
 #
-# Parts, most important first, each skipped when too little of the DEADLINE (seconds, default 560) is left:
+# Parts, most important first (what 2026-12-04's H200 left unmeasured: docs/benchmarks.md), each skipped when too
+# little of the DEADLINE (seconds, default 560) is left and stopped at its own ceiling:
 #   tests            the tests marked gpu (fp16/bf16 without NaN, no host sync in the step loop, CUDA graphs)
-#   bench-reference  1024 px at the diffusers chain's settings: the chain, then unclip off → default →
-#                    no_compile → graphs → fast (unclip.speedups.PRESETS), batch 1
-#   bench-fast       the fast preset (x4 at 20 DPM-Solver++ steps): default, no_compile, fast
+#   bench-fast       the fast preset (x4 at 20 DPM-Solver++ steps): the diffusers chain, then unclip off and fast
+#   bench-reference  the reference preset's fast row (all four stages compiled; off/default/no_compile/graphs
+#                    and the chain were measured on 2026-12-04)
 #   eager            each eager switch alone: channels_last, vae_bf16, vae_tiled, split_guidance
 #   memory           model CPU offload (peak memory), bf16, batch 4 and 8
-# Everything lands in $OUT (logs and JSON rows, written as measured); the last lines printed are the rows.
+# Everything lands in $OUT (summary.txt, logs.tar, JSON rows written as measured); the last lines printed are the rows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,7 @@ OUT="${OUT:-/tmp/unclip-gpu-out}"
 mkdir -p "$OUT"
 DEADLINE="${DEADLINE:-560}"
 PARTS=("$@")
-[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(tests bench-reference bench-fast eager memory)
+[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(tests bench-fast bench-reference eager memory)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [[ -d .gpu/wheels ]]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -40,9 +41,9 @@ if [[ -d .gpu/wheels ]]; then
 else
     export PYTHONPATH="$PWD"
 fi
-nvidia-smi -L | tee "$OUT/device.txt"
+nvidia-smi -L | tee "$OUT/summary.txt"
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, \
-'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt" || exit 1
+'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/summary.txt" || exit 1
 
 # only the files that hold gpu tests: collecting the others would import the serve and browser extras, absent there
 mapfile -t GPU_TESTS < <(grep -l "pytest.mark.gpu" tests/test_*.py)
@@ -60,15 +61,17 @@ part() {  # part NAME NEEDED_SECONDS MOST_SECONDS COMMAND...: run it for at most
     ((limit > most)) && limit=$most
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     echo "== $name: exit ${PIPESTATUS[0]} after ${SECONDS} s" | tee -a "$OUT/summary.txt"
+    # the device tool brings back 8 files: the logs go into one tar as each part ends
+    tar -rf "$OUT/logs.tar" -C "$OUT" "$name.log" && rm "$OUT/$name.log"
 }
 
 for p in "${PARTS[@]}"; do
     case $p in
         tests) part tests 60 120 python3 -m pytest -q -p no:cacheprovider -m gpu "${GPU_TESTS[@]}" ;;
-        bench-reference) part bench-reference 240 300 "${BENCH[@]}" --preset reference \
-            --speedups off default no_compile graphs fast --json "$OUT/bench-reference.json" ;;
-        bench-fast) part bench-fast 150 200 "${BENCH[@]}" --preset fast \
-            --speedups default no_compile fast --json "$OUT/bench-fast.json" ;;
+        bench-fast) part bench-fast 150 300 "${BENCH[@]}" --preset fast \
+            --speedups off fast --json "$OUT/bench-fast.json" ;;
+        bench-reference) part bench-reference 150 240 "${BENCH[@]}" --preset reference --no-diffusers \
+            --speedups fast --json "$OUT/bench-reference.json" ;;
         eager) part eager 120 150 "${BENCH[@]}" --preset fast --no-diffusers \
             --speedups default channels_last vae_bf16 vae_tiled split_guidance --json "$OUT/bench-eager.json" ;;
         memory)
@@ -82,5 +85,5 @@ for p in "${PARTS[@]}"; do
     esac
 done
 echo "== rows"
-cat "$OUT"/*.log | grep '^| 20' || true
+tar -xOf "$OUT/logs.tar" 2>/dev/null | grep '^| 20' || true
 cat "$OUT/summary.txt"
