@@ -118,6 +118,26 @@ def test_the_readme_main_command_writes_its_picture_offline(tmp_path):
     assert 0.05 < result.detected.area < 0.5  # one shape, not noise or an empty picture
 
 
+SIZELESS = [  # the grammar's size word is optional (issue 16): prompts without it, as people type them
+    ("a white square on a green background", dict(shape="square", colour="white", background="green")),
+    (
+        "A yellow circle in the top right on a purple background.",
+        dict(shape="circle", colour="yellow", background="purple", position="top right"),
+    ),
+]
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped demo (2026-12-01) loses the place without the size word: issue 16")
+@pytest.mark.parametrize("prompt, attributes", SIZELESS, ids=["no-size-no-position", "no-size-capital-full-stop"])
+def test_a_prompt_without_the_size_word_is_read_back_right(demo, prompt, attributes):
+    from unclip.demo.checker import check
+    from unclip.demo.shapes import Attributes
+
+    expected = Attributes(**{"size": None, "position": "anywhere", **attributes})
+    result = check(demo(prompt, seed=0, size=64).images[0], expected)
+    assert result.all, result
+
+
 # ------------------------------------------------------------------------------ the paper's edits, on the demo
 def _rendered(attributes, seed=0):
     """A clean shapes picture, as the dataset draws it (what a user's own image of the grammar looks like)."""
