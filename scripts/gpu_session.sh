@@ -14,7 +14,9 @@
 #                    and the chain were measured on 2026-12-04)
 #   eager            each eager switch alone: channels_last, vae_bf16, vae_tiled, split_guidance
 #   memory           model CPU offload (peak memory), bf16, batch 4 and 8
-# Everything lands in $OUT (summary.txt, logs.tar, JSON rows written as measured); the last lines printed are the rows.
+#   train-memory     the trainer's peak memory, each Karlo fine-tuning preset at batch 1 and 8 (issue 20)
+# Everything lands in $OUT (summary.txt; each part's log and JSON rows, written as measured, then added to results.tar);
+# the last lines printed are the rows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +34,7 @@ OUT="${OUT:-/tmp/unclip-gpu-out}"
 mkdir -p "$OUT"
 DEADLINE="${DEADLINE:-560}"
 PARTS=("$@")
-[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(tests bench-fast bench-reference eager memory)
+[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(tests bench-fast bench-reference eager memory train-memory)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [[ -d .gpu/wheels ]]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -61,8 +63,8 @@ part() {  # part NAME NEEDED_SECONDS MOST_SECONDS COMMAND...: run it for at most
     ((limit > most)) && limit=$most
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     echo "== $name: exit ${PIPESTATUS[0]} after ${SECONDS} s" | tee -a "$OUT/summary.txt"
-    # the device tool brings back 8 files: the logs go into one tar as each part ends
-    tar -rf "$OUT/logs.tar" -C "$OUT" "$name.log" && rm "$OUT/$name.log"
+    # the device tool brings back 8 files: each part's log and JSON go into one tar as it ends
+    (cd "$OUT" && for f in "$name.log" *.json; do [[ -f $f ]] && tar -rf results.tar "$f" && rm "$f"; done)
 }
 
 for p in "${PARTS[@]}"; do
@@ -81,9 +83,11 @@ for p in "${PARTS[@]}"; do
                 --json "$OUT/bench-bf16.json"
             part batches 90 150 "${BENCH[@]}" --preset fast --batch 4 8 --speedups default no_compile \
                 --json "$OUT/bench-batches.json" ;;
-        *) echo "unknown part '$p'; parts: tests bench-reference bench-fast eager memory" >&2; exit 2 ;;
+        train-memory) part train-memory 120 240 python3 scripts/train_memory.py --configs .gpu/pretrained-configs \
+            --json "$OUT/train-memory.json" ;;
+        *) echo "unknown part '$p'; parts: tests bench-fast bench-reference eager memory train-memory" >&2; exit 2 ;;
     esac
 done
 echo "== rows"
-tar -xOf "$OUT/logs.tar" 2>/dev/null | grep '^| 20' || true
+tar -xOf "$OUT/results.tar" 2>/dev/null | grep '^| 20' || true
 cat "$OUT/summary.txt"

@@ -353,6 +353,8 @@ def _log(accelerator, config: TrainConfig, path: Path, state: dict, loss: float,
     if accelerator.is_main_process:
         with path.open("a") as f:
             line = {"step": state["step"], "loss": loss, "lr": lr, "skipped": state["skipped"]}
+            if accelerator.device.type == "cuda":  # the most this process has held so far
+                line["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 3)
             f.write(json.dumps({**line, "seconds": state["seconds"]}) + "\n")
     if state["step"] % config.log_every == 0 or state["step"] == 1:
         accelerator.log({"loss": loss, "lr": lr, "skipped_images": state["skipped"]}, step=state["step"])
