@@ -73,6 +73,8 @@ def datasets(root: Path) -> dict[int, Path]:
 
 
 def measure(preset: str, batch: int, checkpointing: bool, args, work: Path, data: dict, clip: str | None) -> dict:
+    from accelerate.state import AcceleratorState
+
     from unclip.benchmarking import full_size_cascade
     from unclip.stages import first_of
     from unclip.train import trainer
@@ -108,7 +110,11 @@ def measure(preset: str, batch: int, checkpointing: bool, args, work: Path, data
         patches.enter_context(mock.patch.object(trainer, "export", lambda *a, **k: output / "model.yaml"))
         if not args.tiny:
             patches.enter_context(mock.patch.object(trainer, "load_cascade", real_size))
-        trainer.train(config)
+        AcceleratorState._reset_state(reset_partial_state=True)  # each run its own mixed precision, as a new process
+        try:
+            trainer.train(config)
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)  # and none left for what runs next
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     return {
         "preset": preset,

@@ -16,6 +16,9 @@ def _main():
 
 
 def test_each_preset_trains_its_steps_at_each_batch_size(tmp_path, capsys):
+    from accelerate import Accelerator
+
+    Accelerator(mixed_precision="no", cpu=True)  # as an earlier in-process run leaves it: each preset gets its own
     report = tmp_path / "memory.json"
     argv = ["--tiny", "--presets", "karlo-decoder-lora", "karlo-sr256", "--batch", "1", "2", "--steps", "2"]
     assert _main()([*argv, "--json", str(report)]) == 0
