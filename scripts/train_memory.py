@@ -72,16 +72,26 @@ def datasets(root: Path) -> dict[int, Path]:
     return out
 
 
-def measure(preset: str, batch: int, checkpointing: bool, args, work: Path, data: dict, clip: str | None) -> dict:
+def preset_path(name: str) -> Path:
+    """configs/train/NAME.yaml, or a one-line error listing the presets."""
+    from unclip.train.config import train_presets_dir
+
+    path = train_presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        presets = ", ".join(sorted(p.stem for p in train_presets_dir().glob("*.yaml")))
+        raise UnclipError(f"unknown training preset '{name}'; presets in configs/train/: {presets}")
+    return path
+
+
+def measure(path: Path, stage: str, batch: int, checkpointing: bool, args, work: Path, data: dict, clip: str) -> dict:
     from accelerate.state import AcceleratorState
 
     from unclip.benchmarking import full_size_cascade
     from unclip.stages import first_of
     from unclip.train import trainer
-    from unclip.train.config import load_train_config, train_presets_dir
+    from unclip.train.config import load_train_config
 
-    path = train_presets_dir() / f"{preset}.yaml"
-    stage = yaml.safe_load(path.read_text())["stage"]
+    preset = path.stem
     output = work / f"{preset}-{batch}-{int(checkpointing)}"
     overrides = [
         f"data.path={data[1024 if stage == 'sr1024' else 256]}",
@@ -140,8 +150,7 @@ def markdown(row: dict, device: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unclip.train.config import train_presets_dir
-
+    paths = [preset_path(name) for name in args.presets]  # every name checked before any work
     if not args.tiny and not torch.cuda.is_available():
         raise UnclipError("the real-size trainer needs a CUDA GPU; on a CPU run the smoke test: --tiny")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else "CPU (tiny replicas)"
@@ -158,12 +167,12 @@ def run(args: argparse.Namespace) -> int:
         clip = "tiny:32" if args.tiny else random_clip_vision(args.configs, work / "clip-vit-large-patch14")
         print("| date | device | preset | stage | trains | precision | grad. ckpt | batch | peak GiB | s/step |")
         print("|---|---|---|---|---|---|---|---|---|---|")
-        for preset in args.presets:
-            preset_yaml = yaml.safe_load((train_presets_dir() / f"{preset}.yaml").read_text())
-            full = not preset_yaml.get("lora", {}).get("rank", 0)
+        for path in paths:
+            preset = yaml.safe_load(path.read_text())
+            full = not preset.get("lora", {}).get("rank", 0)
             for checkpointing in (False, True) if full and not args.tiny else (False,):
                 for batch in args.batch:
-                    row = measure(preset, batch, checkpointing, args, work, data, clip)
+                    row = measure(path, preset["stage"], batch, checkpointing, args, work, data, clip)
                     rows.append(row)
                     print(markdown(row, device), flush=True)
                     if args.json:

@@ -41,3 +41,9 @@ def test_the_real_size_run_needs_a_gpu(capsys):
     assert _main()(["--presets", "karlo-decoder-lora"]) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err and "--tiny" in err and "Traceback" not in err
+
+
+def test_an_unknown_preset_is_one_line_naming_the_presets(capsys):
+    assert _main()(["--tiny", "--presets", "karlo-decoder-lora", "karlo-nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown training preset 'karlo-nope'" in err and "karlo-decoder-lora" in err and "Traceback" not in err
