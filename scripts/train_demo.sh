@@ -15,18 +15,20 @@
 #   embed    its image embeddings of the 256 px set, cached (`unclip embed`); redone when the CLIP is newer.
 #   prior    configs/train/demo-prior.yaml around that CLIP.
 #   sr256, sr1024   the two upsamplers (they see no text: no trained CLIP needed).
+#   sr256-edge   sr256's second phase: 800 steps on the timesteps the demo samples (t < 500), input noise as
+#            speckled as the decoder's pictures, the error weighed up at edges (the 1024 px edge 2.19 → 1.86 px).
 #   sr1024-top   sr1024's second phase, on the top timesteps only (the demo samples it in one step from noise).
 #   sr1024-more  its third: 3,000 more steps of the second's recipe (more steps kept sharpening its edges).
 #   sr1024-edge  its fourth: 2,000 steps with the error weighed up at edges (sr.edge_weight; sharper still).
 #   decoder, decoder2, decoder3   the 64 px decoder in three phases, each from the previous one's weights, with
 #            every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun launcher).
-#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256 and sr1024-edge), the
+#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256-edge and sr1024-edge), the
 #            demo's settings (configs/demo.yaml).
 #   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
 #   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside
 #            each edge; z_i from each image's plain twin, embedded by the shipped CLIP),
 #            configs/train/demo-outline-lora.yaml, shipped as models/demo-lora/outline.safetensors; retrained
-#            when models/demo is newer than it.
+#            when the decoder3 or CLIP run is newer than it.
 # A training step is finished when its output_dir has model.yaml; an interrupted one resumes from its latest
 # checkpoint (`resume=latest`). Without arguments the text side (clip, embed, prior), sr256 and sr1024 (with its
 # later phases) run side by side, each on half the cores; the decoders start when the text side is done, beside
@@ -41,7 +43,8 @@ SEED=${SEED:-0}
 CORES=$(nproc)
 HALF=$(( CORES > 1 ? CORES / 2 : 1 ))
 DECODER_LAUNCH=${DECODER_LAUNCH:-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no}
-STEPS=(data clip embed prior sr256 sr1024 sr1024-top sr1024-more sr1024-edge decoder decoder2 decoder3 export eval outline)
+STEPS=(data clip embed prior sr256 sr256-edge sr1024 sr1024-top sr1024-more sr1024-edge decoder decoder2 decoder3
+  export eval outline)
 mkdir -p runs/demo
 
 say() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -89,6 +92,7 @@ step_embed() {
 }
 step_prior() { train prior; }
 step_sr256() { train sr256; }
+step_sr256-edge() { train sr256-edge; }
 step_sr1024() { train sr1024; }
 step_sr1024-top() { train sr1024-top; }
 step_sr1024-more() { train sr1024-more; }
@@ -98,12 +102,13 @@ step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
 step_export() {
   local run fresh=1  # models/demo is newer than every run it takes from
-  for run in decoder3 sr256 sr1024-edge; do
+  for run in decoder3 sr256-edge sr1024-edge; do
     [ -f models/demo/model.yaml ] && [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ] || fresh=0
   done
   [ "$fresh" = 1 ] && return
-  timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml --upsamplers runs/demo/sr256/model.yaml \
-    --upscaler runs/demo/sr1024-edge/model.yaml --clip runs/demo/clip --out models/demo --force
+  timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml \
+    --upsamplers runs/demo/sr256-edge/model.yaml --upscaler runs/demo/sr1024-edge/model.yaml --clip runs/demo/clip \
+    --out models/demo --force
   sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
 }
 step_eval() {  # the issue's two checks: every form at 64 px (n 192), and at 1024 px with the edge width (n 48)
@@ -118,14 +123,17 @@ step_eval() {  # the issue's two checks: every form at 64 px (n 192), and at 102
 }
 step_outline() {
   local adapter=models/demo-lora/outline.safetensors
-  [ -f "$adapter" ] && [ "$adapter" -nt models/demo/model.yaml ] && return
+  # it adapts the shipped decoder and reads z_i by the shipped CLIP: stale when either run is newer (a new export
+  # of the same runs, e.g. for new upsamplers, leaves it as it is)
+  base_newer() { [ runs/demo/decoder3/model.yaml -nt "$1" ] || [ runs/demo/clip/zero_shot.json -nt "$1" ]; }
+  [ -f "$adapter" ] && ! base_newer "$adapter" && return
   dataset data/shapes-outline 2000 256 --outline 0.06
-  # z_i of each outlined image: its plain twin's embedding by the shipped CLIP (redone when the demo is newer)
+  # z_i of each outlined image: its plain twin's embedding by the shipped CLIP (redone when the CLIP is newer)
   local cache=data/shapes-outline/.unclip-cache/hf-models-demo-clip-image_encoder.safetensors
-  [ -f "$cache" ] && [ "$cache" -nt models/demo/model.yaml ] \
+  [ -f "$cache" ] && ! base_newer "$cache" \
     || timed "embed outline" unclip embed data/shapes-outline --clip hf:models/demo/clip/image_encoder
   # an adapter trained on an earlier demo is stale, and so is its checkpoint
-  [ -d runs/demo/outline-lora ] && [ models/demo/model.yaml -nt runs/demo/outline-lora/train_config.yaml ] \
+  [ -d runs/demo/outline-lora ] && base_newer runs/demo/outline-lora/train_config.yaml \
     && rm -rf runs/demo/outline-lora
   OMP_NUM_THREADS=$HALF train outline-lora $DECODER_LAUNCH
   mkdir -p models/demo-lora
@@ -148,7 +156,8 @@ declare -A lanes
 text_lane > runs/demo-text-lane.log 2>&1 &
 lanes[text]=$!
 sr1024_lane() { export OMP_NUM_THREADS=$HALF; step_sr1024; step_sr1024-top; step_sr1024-more; step_sr1024-edge; }
-OMP_NUM_THREADS=$HALF step_sr256 > runs/demo-sr256-lane.log 2>&1 &
+sr256_lane() { export OMP_NUM_THREADS=$HALF; step_sr256; step_sr256-edge; }
+sr256_lane > runs/demo-sr256-lane.log 2>&1 &
 lanes[sr256]=$!
 sr1024_lane > runs/demo-sr1024-lane.log 2>&1 &
 lanes[sr1024]=$!
