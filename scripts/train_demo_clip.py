@@ -3,6 +3,7 @@
     python scripts/train_demo_clip.py --data data/shapes --out runs/clip
     python scripts/train_demo_clip.py --data data/shapes --out runs/clip --steps 5000 --seed 1
     python scripts/train_demo_clip.py --data data/shapes --out runs/clip --checkpoint runs/clip.pt  # resumable
+    python scripts/train_demo_clip.py --data data/shapes --out runs/clip --colour-jitter 0.3
 
 DATA: the imagefolder ``unclip data shapes`` writes (any imagefolder or tar shards with captions train; the
 zero-shot score assumes the shapes grammar). Images are read once at 64 px and kept in memory. Where its
@@ -18,6 +19,10 @@ drawn among the captions that say the place as the first does ("in the ..."; the
 or not), so the text tower meets the size-less forms (on first captions only, a caption without the size word
 shifted every later token: the demo lost the place of 23 % of such prompts, 2026-12-03) while z_i keeps the place.
 The prior and the decoder learn the grammar's other forms (configs/train/demo-prior.yaml).
+
+``--colour-jitter X``: each training image's channels scaled by a gain from [1 - X, 1 + X] and shifted by an
+offset from [-X, X] (``unclip.demo.clip.jitter_colours``), so the image tower reads a shape apart from the colours
+it was seen in: a colour-and-shape pair held out of the data (the green circle) is then embedded as the shape it is.
 
 FOLDER (new or empty) receives the export (``unclip.demo.clip_export``: ``text_encoder/``, ``tokenizer/``,
 ``image_encoder/``, ``feature_extractor/``, ``open_clip/``), ``train_log.jsonl`` (the loss of every step) and
@@ -54,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-steps", type=int, default=DEFAULTS["warmup_steps"], help="linear (%(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="init and batch order (%(default)s)")
     parser.add_argument("--eval-n", type=int, default=DEFAULTS["eval_n"], help="zero-shot images (%(default)s)")
+    parser.add_argument(
+        "--colour-jitter",
+        type=float,
+        default=0.0,
+        help="random per-channel gain and offset of at most this on [0, 1] pixels while training (%(default)s: none)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="processes reading the images (%(default)s)")
     parser.add_argument(
         "--captions",
@@ -128,8 +139,15 @@ def run(args: argparse.Namespace) -> dict:
         raise UnclipError(f"{out} is not a new or empty folder: give another --out (nothing is ever overwritten)")
     if args.eval_n < 1:
         raise UnclipError(f"--eval-n must be at least 1, got {args.eval_n}")
+    if not 0 <= args.colour_jitter < 1:
+        raise UnclipError(f"--colour-jitter must be at least 0 and below 1, got {args.colour_jitter}")
     config = clip.ClipTrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        colour_jitter=args.colour_jitter,
     )
     log = logging.getLogger("unclip.demo.clip")
     progress = not args.no_progress

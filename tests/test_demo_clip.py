@@ -92,11 +92,13 @@ def test_training_is_seeded_and_lowers_the_loss(tmp_path):
     assert np.mean(losses[0][-3:]) < np.mean(losses[0][:3]) - 0.2
 
 
-def test_training_resumes_from_its_checkpoint_step_for_step(tmp_path):
+@pytest.mark.parametrize("jitter", [0.0, 0.3])
+def test_training_resumes_from_its_checkpoint_step_for_step(tmp_path, jitter):
     write_dataset(tmp_path / "data", n=24, seed=0, size=64, progress=False)
     data = clip.load_images(tmp_path / "data", progress=False)
     assert all(len(c) in (4, 8) for c in data.captions) and data.texts == [c[0] for c in data.captions]
-    config = clip.ClipTrainConfig(steps=6, batch_size=8, warmup_steps=1, seed=0, checkpoint_every=3)
+    config = clip.ClipTrainConfig(steps=6, batch_size=8, warmup_steps=1, seed=0, checkpoint_every=3,
+                                  colour_jitter=jitter)  # fmt: skip
     checkpoint = tmp_path / "clip.pt"
     whole = clip.create_clip(seed=0)  # saves its state after step 3 (not after the last)
     straight = clip.train_clip(whole, data.images, data.texts, config, progress=False, captions=data.captions,
@@ -108,6 +110,43 @@ def test_training_resumes_from_its_checkpoint_step_for_step(tmp_path):
     assert resumed.losses == straight.losses and len(resumed.losses) == 6
     for (name, a), b in zip(whole.state_dict().items(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_colour_jitter_scales_and_shifts_each_image_channel_within_its_bounds():
+    model = clip.create_clip(seed=0)
+    images = torch.randint(0, 256, (5, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    plain = clip.normalize_images(model, images)
+    none = clip.jitter_colours(model, images, 0.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(none, plain, rtol=0, atol=1e-6)
+    jittered = clip.jitter_colours(model, images, 0.3, torch.Generator().manual_seed(0))
+    again = clip.jitter_colours(model, images, 0.3, torch.Generator().manual_seed(0))
+    assert torch.equal(jittered, again) and not torch.allclose(jittered, plain, atol=1e-2)
+    cfg = model.visual.preprocess_cfg
+    mean, std = (torch.tensor(cfg[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    before, after = images.float() / 255, jittered * std + mean  # [0, 1] pixels either side of the jitter
+    for i in range(5):
+        for c in range(3):
+            x, y = before[i, c].flatten(), after[i, c].flatten()
+            inside = (y > 1e-4) & (y < 1 - 1e-4)  # where the clamp did not cut
+            slope, offset = np.polyfit(x[inside].numpy(), y[inside].numpy(), 1)
+            assert abs(slope - 1) <= 0.3 + 1e-3 and abs(offset) <= 0.3 + 1e-3, (i, c, slope, offset)
+            assert torch.allclose(y, (x * slope + offset).clamp(0, 1), atol=1e-4)
+    gains = {round(float(np.polyfit(before[i, 0].flatten(), after[i, 0].flatten(), 1)[0]), 3) for i in range(5)}
+    assert len(gains) > 1  # per image, not one for the batch
+
+
+def test_colour_jitter_changes_training_and_zero_leaves_it_alone(tmp_path):
+    write_dataset(tmp_path / "data", n=24, seed=0, size=64, progress=False)
+    data = clip.load_images(tmp_path / "data", progress=False)
+    runs = {}
+    for jitter in (0.0, 0.3):
+        config = clip.ClipTrainConfig(steps=3, batch_size=8, warmup_steps=1, seed=0, colour_jitter=jitter)
+        runs[jitter] = clip.train_clip(clip.create_clip(seed=0), data.images, data.texts, config, progress=False)
+    assert runs[0.0].losses[0] != runs[0.3].losses[0]
+    default = clip.ClipTrainConfig(steps=3, batch_size=8, warmup_steps=1, seed=0)
+    assert clip.train_clip(clip.create_clip(seed=0), data.images, data.texts, default, progress=False).losses == (
+        runs[0.0].losses
+    )
 
 
 def test_a_caption_true_of_two_images_of_a_batch_is_no_negative_for_either():
@@ -175,6 +214,10 @@ def test_script_trains_scores_and_exports(tmp_path, capsys):
     assert "zero-shot accuracy (all): colour" in capsys.readouterr().out
     assert main(args) == 2  # never over an earlier run
     assert "not a new or empty folder" in capsys.readouterr().err
+    assert main([*args[:3], str(tmp_path / "other"), "--colour-jitter", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--colour-jitter must be at least 0 and below 1, got 1.5" in err and "Traceback" not in err
+    assert not (tmp_path / "other").exists()
 
 
 def test_placed_captions_keep_the_place_and_drop_the_size_word():

@@ -22,7 +22,9 @@ known). An image with several captions (every form of the grammar true of it) is
 drawn at random; another image of the batch that the drawn caption is also true of (one of its captions) is
 no negative for it: that pair is masked out of both directions of the loss. The image tower is narrower than
 the text tower (64 vs 128): it is most of a step's cost.
-Images go in as the cascade's CLIP encoders feed them: [0, 1], normalised with the model's mean and std.
+Images go in as the cascade's CLIP encoders feed them: [0, 1], normalised with the model's mean and std; with
+``colour_jitter`` (``jitter_colours``), each image's channels are first scaled and shifted at random, so that the
+image tower reads the shape apart from the exact colours it was seen in (the held-out green circle, 2026-12-05).
 The text tower runs on the tokens up to the longest caption of the batch: with the causal mask and
 end-of-text pooling that is exactly open_clip's ``encode_text`` (the padding after the end-of-text token
 never reaches it), at a fraction of the cost.
@@ -66,6 +68,7 @@ class ClipTrainConfig:
     seed: int = 0
     hard_fraction: float = 0.75  # of each batch in minimal-pair groups, when attributes are given (clip_batches)
     group_size: int = 8
+    colour_jitter: float = 0.0  # per image and channel, a gain 1 ± x and an offset ± x on [0, 1] pixels (0: none)
     log_every: int = 50  # steps between loss lines in the log
     checkpoint_every: int = 500  # steps between saves of the training state (with a checkpoint file)
 
@@ -109,6 +112,19 @@ def normalize_images(model, images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
     return (images.float() / 255 - mean) / std
+
+
+def jitter_colours(model, images: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
+    """``normalize_images`` of uint8 ``images`` after a random colour change per image and channel: the [0, 1]
+    pixels times a gain drawn from [1 - amount, 1 + amount], plus an offset from [-amount, amount], clamped to
+    [0, 1]. A training augmentation: the image tower must read the shape apart from its exact colours."""
+    n = images.shape[0]
+    gain = 1 + amount * (2 * torch.rand(n, 3, 1, 1, generator=generator) - 1)
+    shift = amount * (2 * torch.rand(n, 3, 1, 1, generator=generator) - 1)
+    cfg = model.visual.preprocess_cfg
+    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
+    return ((images.float() / 255 * gain + shift).clamp(0, 1) - mean) / std
 
 
 def encode_text_prefix(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -245,8 +261,9 @@ def train_clip(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps)
     )
+    jitter = torch.Generator().manual_seed(config.seed + 1)
     result = ClipTrainResult()
-    state = _TrainState(model, optimizer, schedule, sampler, draws, result)
+    state = _TrainState(model, optimizer, schedule, sampler, draws, result, jitter)
     first = state.load(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else 0
     start = time.perf_counter()
     model.train()
@@ -254,7 +271,12 @@ def train_clip(
         for step in bar:
             index = sampler.next()
             tokens, no_negative = draws.draw(index)
-            image_features = F.normalize(model.encode_image(normalize_images(model, images[index])), dim=-1)
+            pixels = images[index]
+            if config.colour_jitter:
+                pixels = jitter_colours(model, pixels, config.colour_jitter, jitter)
+            else:
+                pixels = normalize_images(model, pixels)
+            image_features = F.normalize(model.encode_image(pixels), dim=-1)
             text_features = F.normalize(encode_text_prefix(model, tokens), dim=-1)
             masked = no_negative if bool(no_negative.any()) else None
             loss = contrastive_loss(image_features, text_features, model.logit_scale.exp(), masked)
@@ -289,13 +311,14 @@ class _TrainState:
     sampler: object  # BatchSampler
     draws: CaptionDraws
     result: ClipTrainResult
+    jitter: torch.Generator  # the colour jitter's draws
 
     def save(self, path: str | Path, step: int, seconds: float) -> None:
         state = {
             "step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "sampler_rng": self.sampler.generator.get_state(),
             "sampler_errors": self.sampler.errors, "draws_rng": self.draws.generator.get_state(),
-            "losses": self.result.losses, "seconds": seconds,
+            "losses": self.result.losses, "seconds": seconds, "jitter_rng": self.jitter.get_state(),
         }  # fmt: skip
         temporary = Path(f"{path}.partial")
         torch.save(state, temporary)
@@ -312,6 +335,8 @@ class _TrainState:
         self.draws.generator.set_state(state["draws_rng"])
         self.result.losses = list(state["losses"])
         self.result.seconds = float(state["seconds"])
+        if "jitter_rng" in state:  # checkpoints from before the jitter have none (and no jitter to go on with)
+            self.jitter.set_state(state["jitter_rng"])
         logger.info(f"resuming from {path} at step {state['step']}")
         return int(state["step"])
 
