@@ -10,8 +10,9 @@
 #            first 4000, at 1024 px (256→1024); written into a .partial folder, renamed when whole. Each image's
 #            "text" lists every caption of the grammar true of it (size word, position, full stop said or not).
 #   clip     the tiny CLIP (open_clip, contrastive; scripts/train_demo_clip.py --captions placed: each step one of
-#            an image's captions that say its place, with or without the size word), its state saved every 500
-#            steps to runs/demo/clip.pt and resumed from.
+#            an image's captions that say its place, with or without the size word; --colour-jitter 0.3: the
+#            image tower reads a shape apart from its colours, so a held-out green circle is a circle), its state
+#            saved every 500 steps to runs/demo/clip.pt and resumed from.
 #   embed    its image embeddings of the 256 px set, cached (`unclip embed`); redone when the CLIP is newer.
 #   prior    configs/train/demo-prior.yaml around that CLIP.
 #   sr256, sr1024   the two upsamplers (they see no text: no trained CLIP needed).
@@ -82,7 +83,7 @@ step_clip() {
   [ -f runs/demo/clip/zero_shot.json ] && return
   rm -rf runs/demo/clip  # an export cut short; the training state is in runs/demo/clip.pt
   timed clip python scripts/train_demo_clip.py --data data/shapes-256 --out runs/demo/clip --steps 10000 \
-    --seed "$SEED" --checkpoint runs/demo/clip.pt --captions placed --no-progress
+    --seed "$SEED" --checkpoint runs/demo/clip.pt --captions placed --colour-jitter 0.3 --no-progress
 }
 step_embed() {
   local cache
