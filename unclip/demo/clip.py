@@ -108,10 +108,15 @@ def tokenize(texts: list[str]) -> torch.Tensor:
 
 def normalize_images(model, images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, S, S) → the model's input: [0, 1], minus its mean, over its std."""
+    return _standardise(model, images.float() / 255)
+
+
+def _standardise(model, pixels: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels minus the model's mean, over its std (per channel)."""
     cfg = model.visual.preprocess_cfg
     mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-    return (images.float() / 255 - mean) / std
+    return (pixels - mean) / std
 
 
 def jitter_colours(model, images: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
@@ -121,10 +126,7 @@ def jitter_colours(model, images: torch.Tensor, amount: float, generator: torch.
     n = images.shape[0]
     gain = 1 + amount * (2 * torch.rand(n, 3, 1, 1, generator=generator) - 1)
     shift = amount * (2 * torch.rand(n, 3, 1, 1, generator=generator) - 1)
-    cfg = model.visual.preprocess_cfg
-    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-    return ((images.float() / 255 * gain + shift).clamp(0, 1) - mean) / std
+    return _standardise(model, (images.float() / 255 * gain + shift).clamp(0, 1))
 
 
 def encode_text_prefix(model, tokens: torch.Tensor) -> torch.Tensor:
