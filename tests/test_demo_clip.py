@@ -13,6 +13,7 @@ from PIL import Image
 from unclip.demo import clip, shapes
 from unclip.demo.clip_export import export_clip, load_open_clip
 from unclip.demo.shapes import write_dataset
+from unclip.errors import UnclipError
 from unclip.replicas import randomize_
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo_clip.py"
@@ -143,6 +144,8 @@ def test_colour_jitter_changes_training_and_zero_leaves_it_alone(tmp_path):
         config = clip.ClipTrainConfig(steps=3, batch_size=8, warmup_steps=1, seed=0, colour_jitter=jitter)
         runs[jitter] = clip.train_clip(clip.create_clip(seed=0), data.images, data.texts, config, progress=False)
     assert runs[0.0].losses[0] != runs[0.3].losses[0]
+    with pytest.raises(UnclipError, match="colour_jitter must be at least 0 and below 1, got -0.1"):
+        clip.train_clip(clip.create_clip(seed=0), data.images, data.texts, clip.ClipTrainConfig(colour_jitter=-0.1))
     default = clip.ClipTrainConfig(steps=3, batch_size=8, warmup_steps=1, seed=0)
     assert clip.train_clip(clip.create_clip(seed=0), data.images, data.texts, default, progress=False).losses == (
         runs[0.0].losses

@@ -257,6 +257,8 @@ def train_clip(
         raise UnclipError("contrastive training needs at least 2 images")
     if config.steps < 1:
         raise UnclipError(f"steps must be at least 1, got {config.steps}")
+    if not 0 <= config.colour_jitter < 1:
+        raise UnclipError(f"colour_jitter must be at least 0 and below 1, got {config.colour_jitter}")
     draws = CaptionDraws(captions if captions is not None else [(t,) for t in texts], config.seed)
     sampler = BatchSampler(texts, config.batch_size, config.seed, attributes, config.hard_fraction, config.group_size)
     optimizer = _adamw(_param_groups(model, config.weight_decay), config.lr)
