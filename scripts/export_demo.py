@@ -6,7 +6,9 @@
 MODEL gives the text encoder, prior, text projection and decoder; --upsamplers (optional) the 64→256
 upsamplers and the 256→1024 upscaler, from a cascade whose upsampler stages were trained apart (they see no
 text, so scripts/train_demo.sh trains them beside the prior and decoder; DALL·E 2 trains its stages apart too);
---upscaler (optional) then the 256→1024 upscaler alone (its UNet and scheduler), from another run.
+--upscaler (optional) then the 256→1024 upscaler alone (its UNet and scheduler), from another run. Either may be
+OUT's own model.yaml (`--upsamplers models/demo/model.yaml`: keep the shipped upsamplers): everything is read first,
+written into OUT.partial, and OUT replaced only by a whole export.
 Writes OUT/unclip (Karlo layout), OUT/upscaler (pixel layout), OUT/model.yaml, and OUT/clip (the demo CLIP's
 image tower, image_encoder/ and feature_extractor/, in fp32, for image variations and
 `data.clip=hf:OUT/clip/image_encoder`), the rest in fp16; prints the size. configs/demo.yaml points at
@@ -50,10 +52,10 @@ def export(
 ) -> int:
     from unclip.pipeline import UnCLIPCascade
 
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UnclipError(f"{out} is not empty: give another --out, or --force to replace it")
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UnclipError(f"{out} is not empty: give another --out, or --force to replace it")
+    # every part is read before anything is written, so --upsamplers may be OUT's own model.yaml (a retrained text
+    # side keeps the shipped upsamplers), and OUT is replaced only by a whole export
     cascade = UnCLIPCascade.from_pretrained(model)
     if upsamplers is not None:
         join_upsamplers(cascade, UnCLIPCascade.from_pretrained(upsamplers))
@@ -66,12 +68,21 @@ def export(
     cascade.model_config = dataclasses.replace(
         cascade.model_config, image_encoder="hf:clip/image_encoder" if clip is not None else None
     )
-    cascade.save_pretrained(out)
-    if clip is not None:  # kept in fp32: small, and read as is by `hf:` encoders on a CPU
+    if clip is not None:
         for part in ("image_encoder", "feature_extractor"):
             if not (clip / part).is_dir():
                 raise UnclipError(f"--clip {clip} has no {part}/: give the folder scripts/train_demo_clip.py wrote")
-            shutil.copytree(clip / part, out / "clip" / part)
+    partial, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
+    shutil.rmtree(partial, ignore_errors=True)
+    cascade.save_pretrained(partial)
+    if clip is not None:  # kept in fp32: small, and read as is by `hf:` encoders on a CPU
+        for part in ("image_encoder", "feature_extractor"):
+            shutil.copytree(clip / part, partial / "clip" / part)
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    partial.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     return sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
 
 

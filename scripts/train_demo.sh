@@ -23,8 +23,8 @@
 #   sr1024-edge  its fourth: 2,000 steps with the error weighed up at edges (sr.edge_weight; sharper still).
 #   decoder, decoder2, decoder3   the 64 px decoder in three phases, each from the previous one's weights, with
 #            every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun launcher).
-#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256-edge and sr1024-edge), the
-#            demo's settings (configs/demo.yaml).
+#   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256-edge and sr1024-edge, or
+#            where those runs are not here, as shipped in models/demo), the demo's settings (configs/demo.yaml).
 #   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
 #   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside
 #            each edge; z_i from each image's plain twin, embedded by the shipped CLIP),
@@ -102,13 +102,23 @@ step_decoder() { OMP_NUM_THREADS=$HALF train decoder $DECODER_LAUNCH; }
 step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min-SNR-γ 5
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
 step_export() {
-  local run fresh=1  # models/demo is newer than every run it takes from
-  for run in decoder3 sr256-edge sr1024-edge; do
-    [ -f models/demo/model.yaml ] && [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ] || fresh=0
+  local run fresh=1 upsamplers
+  # the upsamplers see no text: without their runs here (a text side retrained in a new workspace) the export keeps
+  # the shipped ones, read from models/demo before it is replaced
+  if [ -f runs/demo/sr256-edge/model.yaml ] && [ -f runs/demo/sr1024-edge/model.yaml ]; then
+    upsamplers=(--upsamplers runs/demo/sr256-edge/model.yaml --upscaler runs/demo/sr1024-edge/model.yaml)
+  elif [ -f models/demo/model.yaml ]; then
+    say "export: the upsamplers as shipped (no runs/demo/sr256-edge, sr1024-edge here)"
+    upsamplers=(--upsamplers models/demo/model.yaml)
+  else
+    echo "export: no upsamplers: run the sr256 and sr1024 steps first" >&2; return 1
+  fi
+  for run in decoder3 sr256-edge sr1024-edge; do  # models/demo is newer than every run it takes from
+    [ -f models/demo/model.yaml ] && { [ ! -f "runs/demo/$run/model.yaml" ] && [ "$run" != decoder3 ] \
+      || [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ]; } || fresh=0
   done
   [ "$fresh" = 1 ] && return
-  timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml \
-    --upsamplers runs/demo/sr256-edge/model.yaml --upscaler runs/demo/sr1024-edge/model.yaml --clip runs/demo/clip \
+  timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml "${upsamplers[@]}" --clip runs/demo/clip \
     --out models/demo --force
   sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
 }

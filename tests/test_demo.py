@@ -71,6 +71,33 @@ def test_export_joins_upsamplers_trained_apart(tmp_path):
     assert same(a.upscaler_unet, out2.upscaler_unet) and not same(b.upscaler_unet, out2.upscaler_unet)
 
 
+def test_export_keeps_the_upsamplers_of_the_export_it_replaces(tmp_path):
+    """A retrained text side shipped with the upsamplers already shipped: --upsamplers OUT/model.yaml, --force."""
+    clip = _text_tower(tmp_path / "clip")
+    first, second = (
+        ARCHITECTURES["demo"](tmp_path / name, seed, text_encoder=clip) for name, seed in [("a", 0), ("b", 1)]
+    )
+    export = runpy.run_path(str(EXPORT))["export"]
+    out = tmp_path / "out"
+    export(str(first), None, out, force=False)
+    shipped = UnCLIPCascade.from_pretrained(out / "model.yaml")
+    export(str(second), None, out, force=True, upsamplers=str(out / "model.yaml"))
+    new, b = UnCLIPCascade.from_pretrained(out / "model.yaml"), UnCLIPCascade.from_pretrained(second)
+
+    def same(x, y):
+        return all(torch.equal(p.half(), q.half()) for p, q in zip(x.parameters(), y.parameters(), strict=True))
+
+    assert same(b.decoder, new.decoder) and not same(shipped.decoder, new.decoder)
+    for name in ("super_res_first", "super_res_last", "upscaler_unet"):
+        assert same(getattr(shipped, name), getattr(new, name)) and not same(getattr(b, name), getattr(new, name))
+    # an export that fails leaves the one it would have replaced as it was
+    before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    with pytest.raises(UnclipError, match="has no image_encoder/"):
+        export(str(first), tmp_path / "nothing", out, force=True, upsamplers=str(out / "model.yaml"))
+    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "clip", "out"]
+
+
 def test_demo_architecture_refuses_a_missing_or_mismatched_text_tower(tmp_path):
     with pytest.raises(UnclipError, match="no text_encoder/"):
         ARCHITECTURES["demo"](tmp_path / "b", 0, text_encoder=tmp_path / "nowhere")
