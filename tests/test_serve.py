@@ -219,8 +219,10 @@ def test_compatible_jobs_share_a_call_and_each_image_keeps_its_seed(pipe, tmp_pa
     assert [image.metadata["seed"] for image in batched] == [0, 100, 101]
     alone = pipe("a small green square on a white background", num_images_per_prompt=2, seed=100, size=64, **FAST)
     served = np.asarray(Image.open(batched[2].path).convert("RGB")).astype(int)
-    # the same noise; beside other prompts the CPU's matrix kernels round differently: one grey level at most
-    assert np.abs(served - np.asarray(alone.images[1]).astype(int)).max() <= 1
+    # the same noise; beside other prompts the CPU's matrix kernels round differently (AVX-512 kernels block by batch
+    # size): under 1.5 grey levels, which 8-bit rounding can leave 2 apart
+    assert np.abs(served - np.asarray(alone.images[1]).astype(int)).max() <= 2
+    assert np.abs(served - np.asarray(alone.images[0]).astype(int)).max() > 50  # another seed: another picture
 
 
 def test_queue_bound_cancel_and_interrupt(pipe, tmp_path):
@@ -272,8 +274,10 @@ def test_a_call_takes_one_seed_per_image(pipe):
 
     result = pipe([PROMPT, PROMPT], seed=[5, 9], size=64, **FAST)
     assert [m["seed"] for m in result.metadata] == [5, 9]
-    again = pipe(PROMPT, seed=9, size=64, **FAST)
-    assert np.abs(np.asarray(again.images[0]).astype(int) - np.asarray(result.images[1]).astype(int)).max() <= 1
+    again = np.asarray(pipe(PROMPT, seed=9, size=64, **FAST).images[0]).astype(int)
+    # seed 9's picture, in a batch or alone: kernel rounding only (≤ 2 grey levels, as above); seed 5's is another
+    assert np.abs(again - np.asarray(result.images[1]).astype(int)).max() <= 2
+    assert np.abs(again - np.asarray(result.images[0]).astype(int)).max() > 50
     for seeds, words in [([5], "got 1 seeds for 2 images"), ([5, -1], "whole number ≥ 0"), ([5, True], "whole")]:
         with pytest.raises(UnclipError, match=words):
             pipe([PROMPT, PROMPT], seed=seeds, size=64, **FAST)
