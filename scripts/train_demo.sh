@@ -103,6 +103,11 @@ step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
 step_export() {
   local run fresh=1 upsamplers
+  for run in decoder3 sr256-edge sr1024-edge; do  # models/demo is newer than every run it takes from
+    [ -f models/demo/model.yaml ] && { [ ! -f "runs/demo/$run/model.yaml" ] && [ "$run" != decoder3 ] \
+      || [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ]; } || fresh=0
+  done
+  [ "$fresh" = 1 ] && return
   # the upsamplers see no text: without their runs here (a text side retrained in a new workspace) the export keeps
   # the shipped ones, read from models/demo before it is replaced
   if [ -f runs/demo/sr256-edge/model.yaml ] && [ -f runs/demo/sr1024-edge/model.yaml ]; then
@@ -113,11 +118,6 @@ step_export() {
   else
     echo "export: no upsamplers: run the sr256 and sr1024 steps first" >&2; return 1
   fi
-  for run in decoder3 sr256-edge sr1024-edge; do  # models/demo is newer than every run it takes from
-    [ -f models/demo/model.yaml ] && { [ ! -f "runs/demo/$run/model.yaml" ] && [ "$run" != decoder3 ] \
-      || [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ]; } || fresh=0
-  done
-  [ "$fresh" = 1 ] && return
   timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml "${upsamplers[@]}" --clip runs/demo/clip \
     --out models/demo --force
   sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
