@@ -103,9 +103,9 @@ step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
 step_export() {
   local run fresh=1 upsamplers
-  for run in decoder3 sr256-edge sr1024-edge; do  # models/demo is newer than every run it takes from
-    [ -f models/demo/model.yaml ] && { [ ! -f "runs/demo/$run/model.yaml" ] && [ "$run" != decoder3 ] \
-      || [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ]; } || fresh=0
+  # fresh: models/demo is newer than every run it takes from (-nt is also true of a run that is not here)
+  for run in decoder3 sr256-edge sr1024-edge; do
+    [ -f models/demo/model.yaml ] && [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ] || fresh=0
   done
   [ "$fresh" = 1 ] && return
   # the upsamplers see no text: without their runs here (a text side retrained in a new workspace) the export keeps
