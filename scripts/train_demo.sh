@@ -25,6 +25,7 @@
 #            every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun launcher).
 #   export   fp16 into models/demo/ (text stages from decoder3, the upsamplers from sr256-edge and sr1024-edge, or
 #            where those runs are not here, as shipped in models/demo), the demo's settings (configs/demo.yaml).
+#            Skipped while models/demo is what it last exported from the same runs (runs/demo/export.sha256).
 #   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
 #   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside
 #            each edge; z_i from each image's plain twin, embedded by the shipped CLIP),
@@ -101,26 +102,33 @@ step_sr1024-edge() { train sr1024-edge; }
 step_decoder() { OMP_NUM_THREADS=$HALF train decoder $DECODER_LAUNCH; }
 step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min-SNR-γ 5
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
+export_stamp() {  # the sha256 of every file an export reads (the runs, the CLIP) and of what it wrote (models/demo)
+  local run
+  for run in "$@"; do
+    find "runs/demo/$run" -type f ! -path '*/checkpoints/*' ! -name 'train_log.jsonl'
+  done | { cat; find runs/demo/clip models/demo -type f; } | LC_ALL=C sort | xargs -r sha256sum | sha256sum
+}
 step_export() {
-  local run fresh=1 upsamplers
-  # fresh: models/demo is newer than every run it takes from (-nt is also true of a run that is not here)
-  for run in decoder3 sr256-edge sr1024-edge; do
-    [ -f models/demo/model.yaml ] && [ models/demo/model.yaml -nt "runs/demo/$run/model.yaml" ] || fresh=0
-  done
-  [ "$fresh" = 1 ] && return
+  local upsamplers runs=(decoder3) stamp=runs/demo/export.sha256
+  [ -f runs/demo/decoder3/model.yaml ] || { say "export: no runs/demo/decoder3 here: models/demo kept as it is"; return; }
   # the upsamplers see no text: without their runs here (a text side retrained in a new workspace) the export keeps
   # the shipped ones, read from models/demo before it is replaced
   if [ -f runs/demo/sr256-edge/model.yaml ] && [ -f runs/demo/sr1024-edge/model.yaml ]; then
     upsamplers=(--upsamplers runs/demo/sr256-edge/model.yaml --upscaler runs/demo/sr1024-edge/model.yaml)
+    runs+=(sr256-edge sr1024-edge)
   elif [ -f models/demo/model.yaml ]; then
     say "export: the upsamplers as shipped (no runs/demo/sr256-edge, sr1024-edge here)"
     upsamplers=(--upsamplers models/demo/model.yaml)
   else
     echo "export: no upsamplers: run the sr256 and sr1024 steps first" >&2; return 1
   fi
+  # fresh: models/demo is, file for file, what the last export made from these same runs (a content stamp, not
+  # mtimes: `git checkout -- models/demo` makes the shipped files newer than any run without being this export)
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(export_stamp "${runs[@]}")" ] && return
   timed export python scripts/export_demo.py runs/demo/decoder3/model.yaml "${upsamplers[@]}" --clip runs/demo/clip \
     --out models/demo --force
   sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
+  export_stamp "${runs[@]}" > "$stamp"
 }
 step_eval() {  # the issue's two checks: every form at 64 px (n 192), and at 1024 px with the edge width (n 48)
   local size n
