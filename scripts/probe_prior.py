@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default="demo", help="a preset or model.yaml with a prior (%(default)s)")
     parser.add_argument("--n", type=int, default=192, help="evaluation prompts (%(default)s)")
-    parser.add_argument("--prior-samples", type=int, default=1, help="best-of-n prior (%(default)s)")
+    parser.add_argument("--prior-samples", type=int, help="best-of-n prior (default: the model config's)")
     parser.add_argument("--logit-scale", type=float, default=100.0, help="CLIP's clamp, as trained (%(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per prior call (%(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -108,15 +108,14 @@ def run(args: argparse.Namespace) -> dict:
         [pipe.encode_text([c.caption for c in classes[i : i + 256]]).embeds for i in range(0, len(classes), 256)]
     )
     classes_z = torch.nn.functional.normalize(classes_z.float(), dim=-1)
-    plan = pipe.plan(64)
+    plan = pipe.plan(64, stage_args={"prior_samples": args.prior_samples})
     guided = plan.settings["prior"].guidance not in (None, 0, 1)
     drawn = []
     for start in range(0, len(prompts), args.batch_size):
         batch = [a.caption for a in prompts[start : start + args.batch_size]]
         generators = [torch.Generator("cpu").manual_seed(start + k) for k in range(len(batch))]
         text = pipe.encode_text(batch, [""] * len(batch) if guided else None)
-        inputs = StageInputs(generators, text, prompts=batch, negatives=[""] * len(batch),
-                             prior_samples=args.prior_samples)  # fmt: skip
+        inputs = StageInputs(generators, text, prompts=batch, negatives=[""] * len(batch))
         drawn.append(pipe.run_stage("prior", None, inputs, plan))
     renders = [
         torch.from_numpy(shapes.render(shapes.place(a, np.random.default_rng([0, k])), 256)).permute(2, 0, 1) / 255
@@ -130,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "model": str(args.model),
         "n": len(prompts),
-        "prior_samples": args.prior_samples,
+        "prior_samples": plan.settings["prior"].samples,
         "table": table(prompts, readings),
         "prompts": [
             {"caption": a.caption, **{row: read[k] for row, read in readings.items()}} for k, a in enumerate(prompts)

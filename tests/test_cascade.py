@@ -1,5 +1,6 @@
 """The cascade's behaviour on tiny replicas: batching, sizes, guidance, negative prompts, schedulers."""
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -249,7 +250,7 @@ def test_best_of_n_prior_keeps_the_sample_closest_to_the_text(cascade):
 
     prior = cascade.stages["prior"]
     with torch.no_grad():
-        best = prior.run(cascade, None, StageInputs(gens(), text, prior_samples=3), s)
+        best = prior.run(cascade, None, StageInputs(gens(), text), dataclasses.replace(s, samples=3))
         candidates = prior.run(cascade, None, StageInputs(gens(3), text.repeat(3)), s).view(2, 3, -1)
         single = prior.run(cascade, None, StageInputs(gens(), text), s)
     assert torch.allclose(single, candidates[:, 0], atol=1e-5)  # the first draw is the plain sample
@@ -257,7 +258,7 @@ def test_best_of_n_prior_keeps_the_sample_closest_to_the_text(cascade):
     assert torch.equal(best, candidates[torch.arange(2), scores.argmax(dim=1)])
     assert (candidates[:, 0] - candidates[:, 1]).abs().max() > 1e-3  # distinct draws to choose from
     out = cascade("a cat", seed=1, size=64, prior_samples=3, **FAST)
-    assert out.metadata[0]["prior_samples"] == 3
+    assert out.metadata[0]["stages"]["prior"]["samples"] == 3
     assert out.metadata[0]["prior_score"] == pytest.approx(scores[0].max().item(), abs=1e-3)
     # draw 0 is the plain sample, from the same generator state: where it wins, the picture is the one
     # prior_samples=1 makes (the decoder's noise is untouched), up to the rounding of a 3-row prior batch
@@ -272,5 +273,9 @@ def test_best_of_n_prior_keeps_the_sample_closest_to_the_text(cascade):
     assert difference.max() < 8 / 255 and difference.mean() < 1e-3 and (difference > 1 / 255).mean() < 0.01
     other = cascade("a cat", seed=won[0] + 1, size=64, output_type="np", **FAST).images
     assert np.abs(other - plain).mean() > 0.05
-    with pytest.raises(UnclipError, match="prior_samples must be ≥ 1"):
+    with pytest.raises(UnclipError, match="prior samples must be a whole number ≥ 1, got 0"):
         cascade("a cat", prior_samples=0)
+    # one generator for the whole batch (diffusers' form): every candidate drawn from it in turn, reproducibly
+    one = [cascade(["a cat", "a dog"], generator=torch.Generator().manual_seed(5), size=64, prior_samples=2,
+                   output_type="np", **FAST).images for _ in range(2)]  # fmt: skip
+    assert np.array_equal(one[0], one[1])

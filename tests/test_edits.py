@@ -320,7 +320,7 @@ def test_cli_vary_interpolate_and_diff_write_their_frames(variations_dir, tmp_pa
         (["interpolate", "missing.png", "a red circle"], "a prompt does not end in .png"),
         (["diff", "{photo}", "--from", "a", "--to", "b", "--max-theta", "1.5"], "--max-theta must be in"),
         (["vary", "{photo}", "--invert", "--eta", "2"], "argument --eta: must be in [0, 1], got 2.0"),
-        (["vary", "{photo}", "--prior-samples", "2"], "--prior-samples applies to generate and batch"),
+        (["vary", "{photo}", "--prior-samples", "2"], "--prior-samples): this call starts from an image embedding"),
         (
             ["diff", "{photo}", "--from", "a", "--to", "b", "--prior-steps", "5"],
             "--prior-steps): this call starts from an image embedding, so no prior runs",

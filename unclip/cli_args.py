@@ -91,9 +91,9 @@ def flag_type(name: Name) -> Callable[[str], Any]:
 
 
 def add_sampling_args(p: argparse.ArgumentParser, inversion: bool = False) -> None:
-    """A flag per (stage, setting) of the settings table (``unclip.plan.KEYWORDS``), ``--prior-samples``,
-    ``--scheduler``, ``--dtype`` and ``--device``. The decoder's start only with ``inversion`` (the edits that
-    DDIM-invert an image): it is where the inversion stops."""
+    """A flag per (stage, setting) of the settings table (``unclip.plan.KEYWORDS``), ``--scheduler``, ``--dtype``
+    and ``--device``. The decoder's start only with ``inversion`` (the edits that DDIM-invert an image): it is where
+    the inversion stops."""
     defaults = karlo_defaults()
     for keyword, name in KEYWORDS.items():
         if name.stage == "decoder" and name.setting == "start" and not inversion:
@@ -106,12 +106,6 @@ def add_sampling_args(p: argparse.ArgumentParser, inversion: bool = False) -> No
             metavar=name.setting.upper(),
             help=f"{name.help} (default: from the model config; Karlo's: {default})",
         )
-    p.add_argument(
-        "--prior-samples",
-        type=positive_int,
-        default=1,
-        help="best-of-n prior (DALL·E 2 §2.2): draw N image embeddings, keep the one closest to the text's",
-    )
     p.add_argument(
         "--scheduler",
         type=schedulers,
@@ -129,7 +123,7 @@ def add_sampling_args(p: argparse.ArgumentParser, inversion: bool = False) -> No
 
 def sampling_kwargs(args) -> dict:
     """The UnCLIPCascade.__call__ keywords of add_sampling_args' flags (None: the model config's)."""
-    return {"scheduler": args.scheduler, "prior_samples": args.prior_samples, **stage_kwargs(args)}
+    return {"scheduler": args.scheduler, **stage_kwargs(args)}
 
 
 def stage_kwargs(args) -> dict:

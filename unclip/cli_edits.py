@@ -63,14 +63,6 @@ def _save_frames(out: Path, result, args) -> None:
         print(save_gif(paths, args.gif_ms))
 
 
-def _stage_kwargs(args) -> dict:
-    """sampling_kwargs without the prior-only best-of-n, which the edits do not take."""
-    kwargs = sampling_kwargs(args)
-    if kwargs.pop("prior_samples") != 1:
-        raise UnclipError("--prior-samples applies to generate and batch (text → image), not to the edits")
-    return kwargs
-
-
 def add_vary_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", nargs="+", help="one or more PNG/JPEG files")
     p.add_argument("--num-images", type=positive_int, default=1, help="variations per image")
@@ -100,7 +92,7 @@ def run_vary(args) -> int:
         size=args.size,
         invert=args.invert,
         eta=args.eta,
-        **_stage_kwargs(args),
+        **sampling_kwargs(args),
     )
     save_result(out, result)
     return 0
@@ -118,7 +110,7 @@ def run_interpolate(args) -> int:
     start, end = _image_or_prompt(args.start), _image_or_prompt(args.end)
     pipe, out = load_pipeline(args, "prior" if isinstance(start, str) or isinstance(end, str) else "decoder")
     result = pipe.interpolate(
-        start, end, frames=args.frames, seed=args.seed, size=args.size, prompt=args.prompt, **_stage_kwargs(args)
+        start, end, frames=args.frames, seed=args.seed, size=args.size, prompt=args.prompt, **sampling_kwargs(args)
     )
     _save_frames(out, result, args)
     return 0
@@ -157,7 +149,7 @@ def run_diff(args) -> int:
         invert=args.invert,
         seed=args.seed,
         size=args.size,
-        **_stage_kwargs(args),
+        **sampling_kwargs(args),
     )
     _save_frames(out, result, args)
     return 0
@@ -201,7 +193,7 @@ def run_edit(args) -> int:
     result = pipe.edit(canvas, prompt=args.prompt, negative_prompt=args.negative_prompt,
                        num_images_per_prompt=args.num_images, seed=args.seed, size=args.size,
                        image_weight=args.image_weight, resample=args.resample, blend=args.blend,
-                       **_stage_kwargs(args))  # fmt: skip
+                       **sampling_kwargs(args))  # fmt: skip
     save_result(out, result)
     return 0
 

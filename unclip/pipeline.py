@@ -303,7 +303,6 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin, LoraMixin):
         generator: torch.Generator | list[torch.Generator] | None = None,
         size: int | None = None,
         scheduler: str | dict[str, str] | None = None,
-        prior_samples: int = 1,
         rerank: ClipReranker | None = None,
         keep: int | None = None,
         output_type: str = "pil",
@@ -322,18 +321,17 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin, LoraMixin):
             generator: diffusers-style alternative: one generator (for the whole batch) or one per image.
             size: 64, 256 or 1024 (default: the largest the model makes); the cascade stops there.
             scheduler: one name for every stage, or ``{stage: name}`` (see ``unclip.schedulers``).
-            prior_samples: best-of-n prior (DALL·E 2 §2.2): draw this many z_i per image, keep the one closest
-                to z_t; its cosine similarity goes into the metadata as ``prior_score``.
             rerank, keep: CLIP reranking (DALL·E 2 §7, as in DALL·E 1): the ``num_images_per_prompt`` images of a
                 prompt are candidates, scored by ``rerank`` (a ``unclip.rerank.ClipReranker``); the best ``keep``
                 (default 1) are returned, best first, with ``clip_score`` and ``rank`` in their metadata.
             output_type: ``pil``, ``np`` or ``pt``.
-            **stage_args: per-stage settings (``unclip.plan.KEYWORDS``): STAGE_KEYWORDS
+            **stage_args: per-stage settings (``unclip.plan.KEYWORDS``): STAGE_KEYWORDS. ``prior_samples`` > 1 is
+                the best-of-n prior (DALL·E 2 §2.2); each image's cosine similarity of z_i and z_t goes into its
+                metadata as ``prior_score``.
         """
         # 1. Check the request and plan the stages (nothing runs if anything is wrong)
         prompts = prompt_list(prompt)
         check_count("num_images_per_prompt", num_images_per_prompt)
-        check_count("prior_samples", prior_samples)
         check_output_type(output_type)
         keep = check_keep(keep, rerank is not None, num_images_per_prompt)
         plan = self.plan(size, scheduler, stage_args)
@@ -344,7 +342,7 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin, LoraMixin):
         # 2. CLIP text encoder: z_t and the token states, with the negatives' when a stage is guided
         guided = uses_guidance(plan.settings["prior"].guidance) or uses_guidance(plan.settings["decoder"].guidance)
         text = self.encode_text(per_image, negatives if guided else None)
-        inputs = StageInputs(generators, text, prompts=per_image, negatives=negatives, prior_samples=prior_samples)
+        inputs = StageInputs(generators, text, prompts=per_image, negatives=negatives)
 
         # 3. prior: z_t → z_i
         image_embeds = self.run_stage("prior", None, inputs, plan)
@@ -357,7 +355,7 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin, LoraMixin):
         shared = self.metadata(plan)
         metadata = [
             {"prompt": per_image[k], "negative_prompt": negatives[k], "seed": seeds[k], "index": k, **shared,
-             "prior_samples": prior_samples, "prior_score": round(prior_scores[k], 4)}
+             "prior_score": round(prior_scores[k], 4)}
             for k in range(len(per_image))
         ]  # fmt: skip
         if rerank is not None:

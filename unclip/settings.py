@@ -43,6 +43,8 @@ class StageSettings:
     # > 0: pixel upsamplers see their input mirrored this many pixels past each border, cropped off their output
     # (Real-ESRGAN's pre_pad): trained on crops, they never saw an image border and draw a frame along it
     pad: int = 0
+    # > 1: the prior's best-of-n (DALL·E 2 §2.2): this many z_i per image, the one closest to the text's z_t kept
+    samples: int = 1
 
     def problem(self) -> str | None:
         """The first field whose value is out of range, as "<field> must be ...", else None."""
@@ -141,6 +143,15 @@ SETTINGS: dict[str, Setting] = {
             int,
             "mirror the input this many pixels past each border, cropped off the output (0: none)",
             _whole(0),
+        ),  # fmt: skip
+        Setting(
+            "samples",
+            "samples",
+            "samples",
+            "samples",
+            int,
+            "best-of-n (DALL·E 2 §2.2): draw N image embeddings per image, keep the one closest to the text's",
+            _whole(1),
         ),  # fmt: skip
     )
 }

@@ -40,7 +40,6 @@ class StageInputs:
     negatives: list[str] = field(default_factory=list)
     decoder_noise: torch.Tensor | None = None  # the decoder's x_T (default: drawn from the generators)
     inverted: bool = False  # decoder_noise is a DDIM inversion, at the first timestep ≤ the decoder's start
-    prior_samples: int = 1  # best-of-n prior (DALL·E 2 §2.2)
     edit: Inpainting | None = None  # an inpainting or outpainting: every stage after the prior keeps its known region
 
 

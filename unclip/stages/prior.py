@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 from diffusers import PriorTransformer
 
-from unclip.errors import UnclipError
 from unclip.guidance import uses_guidance
 from unclip.sampling import fork_generator, initial_noise
 from unclip.settings import StageSettings
@@ -44,26 +43,26 @@ class Prior(Stage):
     components = models = ("prior",)
     scheduler = "prior_scheduler"
     trains_on_clip = True
-    settings = ("steps", "guidance", "scheduler", "eta")
+    settings = ("steps", "guidance", "scheduler", "eta", "samples")
     defaults = StageSettings(steps=25, guidance=4.0)  # UnCLIPPipeline's
     missing = "this model has no prior (an image-variations layout): it cannot start from text"
 
     def run(self, cascade, x: None, inputs: StageInputs, s: StageSettings) -> torch.Tensor:
         """Sample CLIP image embeddings z_i ~ P(z_i | y), one per image.
 
-        ``inputs.prior_samples`` > 1: the paper's best-of-n (§2.2: "we generate two samples of z_i and select
-        the one with the higher dot product with z_t"): image k draws that many embeddings and keeps the one
-        whose direction is closest to its text embedding z_t. Draw 0 uses the image's generator, draw j a
-        generator seeded from (its initial seed, j): so the image is the one a single draw makes unless another
-        draw is closer to the text."""
-        samples, generators = inputs.prior_samples, inputs.generators
+        ``s.samples`` > 1: the paper's best-of-n (§2.2: "we generate two samples of z_i and select the one with
+        the higher dot product with z_t"): image k draws that many embeddings and keeps the one whose direction
+        is closest to its text embedding z_t. With one generator per image (a seed), draw 0 uses the image's
+        generator and draw j a generator seeded from (its initial seed, j): so the image is the one a single draw
+        makes unless another draw is closer to the text, alone or in a batch. One generator for the whole batch
+        draws every candidate from it in turn."""
+        samples, generators = s.samples, inputs.generators
         if samples == 1:
             return self.draw(cascade, inputs.text, s, generators)
-        if not isinstance(generators, list):
-            raise UnclipError("prior_samples > 1 needs a seed or one generator per image, not one for the batch")
-        batch = len(generators)
-        draws = [g if j == 0 else fork_generator(g, j) for g in generators for j in range(samples)]
-        candidates = self.draw(cascade, inputs.text.repeat(samples), s, draws).view(batch, samples, -1)
+        batch = inputs.text.prompt_embeds().shape[0]
+        if isinstance(generators, list):
+            generators = [g if j == 0 else fork_generator(g, j) for g in generators for j in range(samples)]
+        candidates = self.draw(cascade, inputs.text.repeat(samples), s, generators).view(batch, samples, -1)
         best = clip_similarity(candidates, inputs.text.prompt_embeds()[:, None]).argmax(dim=1)
         return candidates[torch.arange(batch, device=best.device), best]
 
