@@ -226,3 +226,19 @@ def test_size_and_rerank_checks():
 def test_stage_settings_stay_a_plain_dataclass():
     s = dataclasses.replace(karlo_defaults()["decoder"], eta=0.3)
     assert dataclasses.asdict(s)["eta"] == 0.3 and StageSettings(5).guidance == 1.0
+
+
+def test_the_prior_s_best_of_n_is_a_setting_a_model_config_sets():
+    from unclip.config import load_model_config, model_config_from_dict
+
+    assert load_model_config("demo").stages["prior"].samples == 2  # the demo samples as DALL·E 2 does
+    assert resolve(CONFIG).settings["prior"].samples == 1  # Karlo's presets: one draw
+    plan = resolve(CONFIG, stage_args={"prior_samples": 3})
+    assert plan.settings["prior"].samples == 3 and plan.metadata()["prior"]["samples"] == 3
+    assert KEYWORDS["prior_samples"].flags == ("--prior-samples",) and LABELS[("prior", "samples")] == "Prior samples"
+    config = model_config_from_dict({"unclip": "karlo", "prior": {"samples": 4}})
+    assert config.stages["prior"].samples == 4 and config.stages["decoder"].samples == 1
+    with pytest.raises(UnclipError, match="prior samples must be a whole number ≥ 1, got 0"):
+        model_config_from_dict({"unclip": "karlo", "prior": {"samples": 0}})
+    with pytest.raises(UnclipError, match="unknown key decoder.samples"):  # only the prior draws z_i
+        model_config_from_dict({"unclip": "karlo", "decoder": {"samples": 2}})

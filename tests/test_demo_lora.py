@@ -24,7 +24,9 @@ CASES = [
 ]
 # at 64 px: clean renders read 0, renders with the training band (0.06 of the side) 1.3-2.5. Measured 2026-12-05
 # (issue 16's demo) on these prompts, seeds 0-2: without the adapter 0-0.083 (the green triangle on red; the rest
-# 0-0.03), with it 0.12-0.84 (mean 0.44-0.49); seed 0, the test's: 0-0.083 and 0.24-0.84 (mean 0.44)
+# 0-0.03), with it 0.12-0.84 (mean 0.44-0.49); seed 0, the test's: 0-0.083 and 0.24-0.84 (mean 0.44). On 2026-12-06's
+# demo (its decoder fine-tuned, the adapter retrained on it): without 0-0.016, with 0.17-0.63 (mean 0.39-0.44); seed
+# 0: 0 and 0.25-0.57 (mean 0.39)
 PLAIN_MAX, OUTLINED_MIN, OUTLINED_MEAN = 0.1, 0.15, 0.25
 
 
