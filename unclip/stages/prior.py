@@ -59,11 +59,12 @@ class Prior(Stage):
         samples, generators = s.samples, inputs.generators
         if samples == 1:
             return self.draw(cascade, inputs.text, s, generators)
-        batch = inputs.text.prompt_embeds().shape[0]
+        z_t = inputs.text.prompt_embeds()
+        batch = z_t.shape[0]
         if isinstance(generators, list):
             generators = [g if j == 0 else fork_generator(g, j) for g in generators for j in range(samples)]
         candidates = self.draw(cascade, inputs.text.repeat(samples), s, generators).view(batch, samples, -1)
-        best = clip_similarity(candidates, inputs.text.prompt_embeds()[:, None]).argmax(dim=1)
+        best = clip_similarity(candidates, z_t[:, None]).argmax(dim=1)
         return candidates[torch.arange(batch, device=best.device), best]
 
     def draw(self, cascade, text: TextConditioning, s: StageSettings, generators) -> torch.Tensor:
