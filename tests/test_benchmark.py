@@ -35,7 +35,7 @@ def test_the_smoke_run_times_counts_and_compares_every_stage(tmp_path, capsys):
     assert result["rows"][1]["switches"] == "split_guidance=True"
     assert result["weights"] == "tiny replicas" and result["torch"] == torch.__version__
     printed = capsys.readouterr().out
-    assert "| tiny replicas | smoke | float32 | off (host_timesteps=False) | 1 |" in printed
+    assert "| tiny replicas | smoke | float32 | off (host_timesteps=False, channels_last=False) | 1 |" in printed
     assert f"results: {report}" in printed
 
 

@@ -16,7 +16,7 @@ from unclip.benchmarking import full_size_cascade
 from unclip.guidance import ClassifierFreeGuidance, halves
 from unclip.sampling import sample
 from unclip.schedulers import make_scheduler
-from unclip.speedups import Speedups
+from unclip.speedups import Speedups, memory_format
 from unclip.stages import STAGES
 from unclip.stages.base import StageInputs
 
@@ -56,10 +56,10 @@ def test_the_same_picture_check_can_fail(pipe):
     [
         (Speedups.none(), 256),
         (Speedups(split_guidance=True), 1024),
-        (Speedups(channels_last=True), 1024),
+        (Speedups(channels_last=False), 1024),  # the default on CPU is channels-last: against channels-first
         (Speedups(compile=STAGES, **AOT), 1024),
     ],
-    ids=["host-timesteps-off", "split-guidance", "channels-last", "compile"],
+    ids=["host-timesteps-off", "split-guidance", "channels-first", "compile"],
 )
 def test_each_switch_keeps_the_picture(pipe, speedups, size):
     reference = images(pipe, size)
@@ -104,8 +104,23 @@ def test_channels_last_converts_the_convolutions_and_back(pipe):
     weight = pipe.decoder.conv_in.weight
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     assert pipe.upscaler_vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    pipe.enable_speedups(Speedups())
+    pipe.enable_speedups(Speedups(channels_last=False))
     assert pipe.decoder.conv_in.weight.is_contiguous()
+    images(pipe, 256)  # a call keeps what was asked for
+    assert pipe.decoder.conv_in.weight.is_contiguous() and pipe.super_res_first.conv_in.weight.is_contiguous()
+
+
+def test_the_default_is_channels_last_on_cpu_only(pipe):
+    assert pipe.decoder.conv_in.weight.is_contiguous()  # as loaded
+    default = images(pipe, 256)  # each call's plan puts every stage's convolutions in the CPU's faster layout
+    for module in (pipe.decoder, pipe.super_res_first, pipe.super_res_last, pipe.upscaler_unet, pipe.upscaler_vae):
+        kernels = [p for p in module.parameters() if p.dim() == 4]
+        assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    pipe.enable_speedups(Speedups(channels_last=True))
+    assert torch.equal(images(pipe, 256), default)  # the switch on, bit for bit
+    assert memory_format(Speedups(), torch.device("cpu")) == torch.channels_last
+    assert memory_format(Speedups(), torch.device("cuda")) == torch.contiguous_format  # no gain measured there
+    assert memory_format(Speedups(channels_last=True), torch.device("cuda")) == torch.channels_last
 
 
 def test_compiled_models_are_used_and_reused(pipe):
@@ -167,7 +182,7 @@ def test_compile_and_offload_are_refused_together(pipe):
 
 def test_describe_names_what_differs_from_the_defaults():
     assert Speedups().describe() == "defaults"
-    assert Speedups.none().describe() == "host_timesteps=False"
+    assert Speedups.none().describe() == "host_timesteps=False, channels_last=False"
     described = Speedups(compile=("prior", "decoder"), vae_dtype="bf16", compile_mode="default").describe()
     assert described == "compile=prior+decoder, vae_dtype=bf16, compile_mode=default"
     described = Speedups(compile=("sr1024",), compile_backend="aot_eager", fullgraph=False).describe()

@@ -37,7 +37,7 @@ from unclip.outputs import CascadeOutput, output
 from unclip.plan import KEYWORDS, Plan, check_count, check_keep, check_output_type, negatives_for, prompt_list, resolve
 from unclip.runtime import check_attention
 from unclip.sampling import image_generators
-from unclip.speedups import Speedups
+from unclip.speedups import Speedups, fit_memory_format
 from unclip.speedups import apply as apply_speedups
 from unclip.stages import KINDS, STAGES, Stage, StageInputs, check_finite, offload_order
 from unclip.text import TextConditioning, clip_similarity, encode_text
@@ -213,7 +213,9 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin, LoraMixin):
         inverted: bool = False,
     ) -> Plan:
         """The output size, the stages that run and their settings (``unclip.plan.resolve``), with every check
-        that needs this model's schedulers (``Stage.check``): all before any work."""
+        that needs this model's schedulers (``Stage.check``): all before any work. The convolutions are put in
+        the memory format their device runs fastest in (``unclip.speedups.fit_memory_format``) here too, so
+        every part of a call runs them the same way."""
         stages = self.stages
         plan = resolve(self.model_config, size=size, scheduler=scheduler, stage_args=stage_args,
                        first_stage=first_stage, inverted=inverted, kinds=stages)  # fmt: skip
@@ -221,6 +223,7 @@ class UnCLIPCascade(DiffusionPipeline, EditsMixin, InpaintMixin, LoraMixin):
             plan.used[name] = stages[name].check(self, plan.settings[name], plan.inverted)
         if self.execution_device.type == "cpu" and self.dtype == torch.float16:
             raise UnclipError("float16 needs a GPU: on CPU load with torch_dtype=torch.float32 (or bfloat16)")
+        fit_memory_format(self, self.speedups)
         return plan
 
     def metadata(self, plan: Plan) -> dict[str, Any]:

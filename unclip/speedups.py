@@ -1,4 +1,4 @@
-"""GPU speed switches for the cascade, each one measurable on and off with ``scripts/benchmark.py --speedups``.
+"""Speed switches for the cascade, each one measurable on and off with ``scripts/benchmark.py --speedups``.
 
     from unclip.speedups import Speedups, named
     pipe.enable_speedups(Speedups(compile=("prior", "decoder"), vae_dtype="bf16"))   # then call pipe as usual
@@ -11,6 +11,11 @@
   images' CPU generators still copies it to the device once a step: the price of a seed that makes the same
   picture on every device.)
 * ``channels_last``: the UNets and the VAE in NHWC memory format, the layout tensor-core convolutions read.
+  Left at None (the default), NHWC where it is measured to pay: on CPU, where oneDNN's float32 convolutions run
+  faster in it (the demo's 256→1024 UNet 3.08 → 1.71 s, the whole cascade 5.69 → 4.26 s on 2 EPYC cores), and
+  NCHW on a GPU (on an H200, channels-last with the bf16 VAE ran eager in 5.94 s against the default's 5.42:
+  docs/benchmarks.md). Each call's plan sets it for the device the call runs on (``fit_memory_format``), so a
+  cascade moved between devices follows.
 * ``compile``: the stages whose denoising model(s) go through ``torch.compile``; mode ``reduce-overhead``
   replays each forward as a CUDA graph, one launch a step instead of a thousand kernel launches (the prior
   and the 64 px decoder are launch-bound on an H100: about a TFLOP a step); the big UNets gain from fusion.
@@ -44,7 +49,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 @dataclass(frozen=True)
 class Speedups:
     host_timesteps: bool = True
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: NHWC on CPU only (``memory_format``)
     compile: tuple[str, ...] = ()
     compile_mode: str = "reduce-overhead"
     compile_backend: str = "inductor"  # "aot_eager" checks tracing without code generation (CPU tests)
@@ -66,7 +71,7 @@ class Speedups:
     @classmethod
     def none(cls) -> Speedups:
         """Every switch off: the reference pipelines' way (timesteps on the device, fp32 VAE under fp16)."""
-        return cls(host_timesteps=False)
+        return cls(host_timesteps=False, channels_last=False)
 
     def describe(self) -> str:
         """The switches that differ from ``Speedups()``, e.g. ``compile=prior+decoder, vae_dtype=bf16``."""
@@ -121,15 +126,29 @@ def compiled(module: torch.nn.Module, speedups: Speedups):
     return run
 
 
+def memory_format(speedups: Speedups, device: torch.device) -> torch.memory_format:
+    """The layout of the convolutions' weights: as ``channels_last`` says, or left at None, NHWC on CPU only."""
+    nhwc = device.type == "cpu" if speedups.channels_last is None else speedups.channels_last
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
+def fit_memory_format(pipe, speedups: Speedups) -> None:
+    """Put the stages' convolutional models in ``memory_format`` for the device ``pipe`` runs on; touches nothing
+    when they already are (so a server's concurrent calls never swap weights under a running one)."""
+    wanted = memory_format(speedups, pipe.execution_device)
+    for name in dict.fromkeys(name for stage in pipe.stages.values() for name in stage.conv_models):
+        module = getattr(pipe, name)
+        if any(p.dim() == 4 and not p.is_contiguous(memory_format=wanted) for p in module.parameters()):
+            module.to(memory_format=wanted)
+
+
 def apply(pipe, speedups: Speedups) -> dict[str, object]:
     """Set ``pipe``'s modules as ``speedups`` says (undoing what it turns off); returns the compiled callables by
     component name, which the stages run instead of the modules (``pipe._compile_cache`` keeps them all)."""
     if speedups.compile and getattr(pipe, "_offload_gpu_id", None) is not None:
         raise UnclipError("compile and model CPU offload don't mix (offload moves weights each call): choose one")
     stages = pipe.stages
-    memory_format = torch.channels_last if speedups.channels_last else torch.contiguous_format
-    for name in dict.fromkeys(name for stage in stages.values() for name in stage.conv_models):
-        getattr(pipe, name).to(memory_format=memory_format)
+    fit_memory_format(pipe, speedups)
     vae = getattr(pipe, "upscaler_vae", None)
     if vae is not None and speedups.vae_tiling:
         vae.enable_tiling()
