@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from unclip.errors import UnclipError
 from unclip.plan import KEYWORDS
+from unclip.speedups import Speedups
 from unclip.stages import first_of
 from unclip.train.adapters import Adapted, add_training_adapter, export_adapter
 from unclip.train.architectures import ARCHITECTURES
@@ -242,6 +243,9 @@ def train(config: TrainConfig) -> Path:
     resolution = config.data.resolution or data_resolution(config.stage)
     dataset = CaptionedImages(config.data.path, resolution, low_res=config.data.low_res or None)
     cascade = load_cascade(config, accelerator)
+    # NCHW whatever the device: else the CPU's NHWC default would come with the first validation call, on the main
+    # process only, and change the arithmetic from there (a resumed run must repeat the uninterrupted one)
+    cascade.enable_speedups(Speedups(channels_last=False))
     set_prediction_type(cascade, config)
     if config.stage == "sr256" and config.sr.train == "both":  # one model for every sr256 step
         cascade.register_modules(super_res_last=cascade.super_res_first)
