@@ -30,8 +30,11 @@ def test_the_smoke_run_times_counts_and_compares_every_stage(tmp_path, capsys):
         assert all(t > 0 for t in row["stages_s"].values()) and sum(row["stages_s"].values()) <= row["total_s"] * 1.05
         assert all(f > 0 for f in row["tflop"].values()) and row["tflop"]["sr1024"] > row["tflop"]["decoder"]
         assert row["diffusers_s"] > 0 and row["speedup"] == pytest.approx(row["diffusers_s"] / row["total_s"])
-        # the same seed, the same picture as the diffusers chain (fp32 on CPU: as tests/test_parity.py)
-        assert not row["vs_diffusers"]["nan"] and row["vs_diffusers"]["max_abs_diff"] < 1e-3
+        assert not row["vs_diffusers"]["nan"]
+    # the same seed, the same picture as the diffusers chain (fp32 on CPU: as tests/test_parity.py) in its NCHW
+    # layout; the CPU's NHWC default moves float rounding only (bounded as in tests/test_speedups.py)
+    off, nhwc = (row["vs_diffusers"] for row in result["rows"])
+    assert off["max_abs_diff"] < 1e-3 and nhwc["mean_abs_diff"] < 2e-3 and nhwc["max_abs_diff"] < 2 / 255
     assert result["rows"][1]["switches"] == "split_guidance=True"
     assert result["weights"] == "tiny replicas" and result["torch"] == torch.__version__
     printed = capsys.readouterr().out

@@ -2,7 +2,8 @@
 
 The reference is built from the same folders with diffusers' own classes: UnCLIPPipeline (deprecated, so
 its text projection comes from diffusers' deprecated package here, in the test only) followed by
-StableDiffusionUpscalePipeline fed the float 256 px output and the same generator.
+StableDiffusionUpscalePipeline fed the float 256 px output and the same generator. Ours runs in the reference's
+NCHW layout: on CPU unclip's default is NHWC, which moves float rounding only (tests/test_speedups.py bounds it).
 """
 
 import numpy as np
@@ -18,6 +19,8 @@ from diffusers import (
 )
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel as ReferenceTextProj
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+from unclip.speedups import Speedups
 
 PROMPT = "a corgi playing a trumpet"
 TOLERANCE = 1e-3
@@ -44,6 +47,14 @@ def reference_upscaler(x4) -> StableDiffusionUpscalePipeline:
     pipe = StableDiffusionUpscalePipeline.from_pretrained(x4)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(autouse=True)
+def nchw(cascade):
+    """The session's cascade in the reference's memory format for these tests, then back to the default."""
+    cascade.enable_speedups(Speedups(channels_last=False))
+    yield
+    cascade.enable_speedups(Speedups())
 
 
 def assert_close(ours: np.ndarray, reference: np.ndarray) -> None:
