@@ -327,6 +327,20 @@ def _eval_loss(model_yaml: Path, stage: str, data: Path, config) -> float:
     return total / 4
 
 
+def test_the_trained_cascade_stays_nchw_through_its_calls(tmp_path):
+    """On CPU a cascade's calls put its convolutions in NHWC; the trainer's keeps NCHW, so validation calls do
+    not change a run's arithmetic."""
+    from accelerate import Accelerator
+
+    from unclip.train.trainer import load_cascade
+
+    config = load_train_config(Path(__file__).parent.parent / "configs" / "train" / "tiny-decoder.yaml",
+                               [f"output_dir={tmp_path / 'run'}", f"data.path={tmp_path}"])  # fmt: skip
+    cascade = load_cascade(config, Accelerator(cpu=True))
+    cascade.plan(64)  # what every call does first
+    assert all(p.is_contiguous() for p in cascade.decoder.parameters())
+
+
 @pytest.mark.parametrize("stage, steps", [("prior", 60), ("decoder", 20), ("sr256", 25), ("sr1024", 25)])
 def test_overfitting_8_samples_halves_the_loss(tmp_path, stage, steps):
     from unclip.train.trainer import train

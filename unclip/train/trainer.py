@@ -86,7 +86,15 @@ def _warn_single_cpu_process() -> None:
 
 # ------------------------------------------------------------------------------------------ the model
 def load_cascade(config: TrainConfig, accelerator: Accelerator):
-    """The cascade to train: ``init_from`` (fine-tuning), or a fresh ``architecture`` in output_dir/init."""
+    """The cascade to train: ``init_from`` (fine-tuning), or a fresh ``architecture`` in output_dir/init; in NCHW
+    whatever the device (else the CPU's NHWC default would come with the first validation call, on the main process
+    only, and change the arithmetic from there: a resumed run must repeat the uninterrupted one)."""
+    cascade = _load_cascade(config, accelerator)
+    cascade.enable_speedups(Speedups(channels_last=False))
+    return cascade
+
+
+def _load_cascade(config: TrainConfig, accelerator: Accelerator):
     from unclip.pipeline import UnCLIPCascade
 
     if config.init_from:
@@ -243,9 +251,6 @@ def train(config: TrainConfig) -> Path:
     resolution = config.data.resolution or data_resolution(config.stage)
     dataset = CaptionedImages(config.data.path, resolution, low_res=config.data.low_res or None)
     cascade = load_cascade(config, accelerator)
-    # NCHW whatever the device: else the CPU's NHWC default would come with the first validation call, on the main
-    # process only, and change the arithmetic from there (a resumed run must repeat the uninterrupted one)
-    cascade.enable_speedups(Speedups(channels_last=False))
     set_prediction_type(cascade, config)
     if config.stage == "sr256" and config.sr.train == "both":  # one model for every sr256 step
         cascade.register_modules(super_res_last=cascade.super_res_first)
