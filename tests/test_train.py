@@ -341,6 +341,32 @@ def test_the_trained_cascade_stays_nchw_through_its_calls(tmp_path):
     assert all(p.is_contiguous() for p in cascade.decoder.parameters())
 
 
+def test_a_channels_last_run_trains_in_nhwc_checkpoints_and_resumes_as_the_uninterrupted_run(tmp_path, data):
+    """channels_last=true: the upsampler trains in NHWC from its first step; its checkpoints and export save (and
+    load) its weights, and a resumed run repeats the uninterrupted one."""
+    from accelerate import Accelerator
+
+    from unclip.pipeline import UnCLIPCascade
+    from unclip.train.trainer import load_cascade, train
+
+    def config(out: Path, *more: str):
+        overrides = [f"data.path={data}", f"output_dir={out}", "channels_last=true", "checkpoint_every=2",
+                     "ema.enabled=false", "tensorboard=false", "batch_size=4", "log_every=1", *more]  # fmt: skip
+        return load_train_config(Path(__file__).parent.parent / "configs" / "train" / "tiny-sr1024.yaml", overrides)
+
+    cascade = load_cascade(config(tmp_path / "probe"), Accelerator(cpu=True))
+    cascade.plan(64)
+    convs = [p for p in cascade.super_res_last.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    exported = train(config(whole, "max_steps=3"))
+    train(config(split, "max_steps=2"))
+    train(config(split, "max_steps=3", "resume=latest"))
+    expected, got = read_log(whole), read_log(split)
+    assert [got[step]["loss"] for step in (3,)] == [expected[step]["loss"] for step in (3,)]
+    UnCLIPCascade.from_pretrained(exported)  # the exported weights load
+
+
 @pytest.mark.parametrize("stage, steps", [("prior", 60), ("decoder", 20), ("sr256", 25), ("sr1024", 25)])
 def test_overfitting_8_samples_halves_the_loss(tmp_path, stage, steps):
     from unclip.train.trainer import train

@@ -86,11 +86,12 @@ def _warn_single_cpu_process() -> None:
 
 # ------------------------------------------------------------------------------------------ the model
 def load_cascade(config: TrainConfig, accelerator: Accelerator):
-    """The cascade to train: ``init_from`` (fine-tuning), or a fresh ``architecture`` in output_dir/init; in NCHW
-    whatever the device (else the CPU's NHWC default would come with the first validation call, on the main process
-    only, and change the arithmetic from there: a resumed run must repeat the uninterrupted one)."""
+    """The cascade to train: ``init_from`` (fine-tuning), or a fresh ``architecture`` in output_dir/init; in the
+    memory format ``config.channels_last`` says, from its first step, whatever the device (else the CPU's NHWC default
+    would come with the first validation call, on the main process only, and change the arithmetic from there: a
+    resumed run must repeat the uninterrupted one)."""
     cascade = _load_cascade(config, accelerator)
-    cascade.enable_speedups(Speedups(channels_last=False))
+    cascade.enable_speedups(Speedups(channels_last=config.channels_last))
     return cascade
 
 
