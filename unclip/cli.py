@@ -147,7 +147,7 @@ def add_eval_shapes_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo", help="preset name (a file of configs/) or a model YAML file")
     p.add_argument("--n", type=positive_int, default=96, help="prompts, in rounds of 24: the held-out pairs first")
     p.add_argument("--plain", action="store_true", help="say every part of each prompt, plainly typed (the list "
-                   "before unclip 0.2); default: every form of the grammar and the ways people type it")  # fmt: skip
+                   "it first used); default: every form of the grammar and the ways people type it")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="image k uses seed SEED + k")
     p.add_argument(
         "--size", type=int, choices=SIZES, default=64, help="64: prior and decoder; 256, 1024: upsamplers too"
