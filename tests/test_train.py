@@ -138,6 +138,32 @@ def test_decoder_trains_on_pyramid_noise_when_asked(cascade):
         load_train_config(None, ["data.path=d", "decoder.pyramid_noise=1.5"])
 
 
+def test_decoder_edge_weight_weighs_the_epsilon_error_at_edges_up(cascade):
+    """``decoder.edge_weight=λ``: the ε error of each pixel weighed 1 + λ × x_0's local contrast, as sr.edge_weight."""
+    from unclip.train.objectives import OBJECTIVES, Frozen
+
+    x0 = -torch.ones(2, 3, 64, 64)
+    x0[..., 32:] = 1  # a vertical black-white edge between columns 31 and 32
+    batch = {"pixel_values": x0, "text": ["a white square"] * 2}
+    frozen = Frozen(cascade, clip=lambda pixels: torch.zeros(pixels.shape[0], 32))
+
+    def loss(weight: float, columns: slice) -> torch.Tensor:
+        config = load_train_config(None, ["data.path=d", "data.clip=tiny:32", f"decoder.edge_weight={weight}"])
+        objective = OBJECTIVES["decoder"](cascade, config)
+        inputs = objective.prepare(batch, frozen, torch.Generator().manual_seed(0), torch.device("cpu"))
+        assert (inputs["pixel_weight"] is None) == (weight == 0)
+        inputs["noise"] = inputs["noise"].clone()
+        inputs["noise"][..., columns] += 10  # an error far larger than the prediction's own, on four columns
+        with torch.no_grad():
+            return objective(**inputs)
+
+    flat, at_edge = slice(4, 8), slice(30, 34)
+    assert torch.allclose(loss(0, flat), loss(0, at_edge), rtol=0.1)  # uniform: the same anywhere
+    assert (loss(4, at_edge) > 2 * loss(4, flat)).all()  # weighed: more at the edge
+    with pytest.raises(UnclipError, match="decoder.edge_weight must be ≥ 0"):
+        load_train_config(None, ["data.path=d", "decoder.edge_weight=-1"])
+
+
 def test_upsampler_inputs_are_degraded_as_configured(cascade):
     from unclip.train.objectives import OBJECTIVES
 

@@ -66,6 +66,9 @@ class DecoderOptions:
     learned_variance: bool | None = None  # None: when the decoder has 6 output channels (Karlo's has)
     vlb_weight: float = 0.001  # λ of the hybrid loss L_simple + λ L_vlb (Nichol & Dhariwal 2021, eq. 16)
     pyramid_noise: float = 0.0  # > 0: multi-resolution training noise with this discount (0.8 for flat images)
+    edge_weight: float = (
+        0.0  # > 0: each pixel's ε error weighed 1 + edge_weight × x_0's local contrast (sr.edge_weight)
+    )
 
 
 @dataclass
@@ -180,6 +183,10 @@ class TrainConfig:
             ),
             (self.sr.loss in ("l2", "l1"), f"sr.loss must be l2 or l1, got {self.sr.loss!r}"),
             (self.sr.edge_weight >= 0, f"sr.edge_weight must be ≥ 0 (0: uniform), got {self.sr.edge_weight}"),
+            (
+                self.decoder.edge_weight >= 0,
+                f"decoder.edge_weight must be ≥ 0 (0: uniform), got {self.decoder.edge_weight}",
+            ),
             (0 <= self.sr.text_drop <= 1, f"sr.text_drop must be in [0, 1], got {self.sr.text_drop}"),
             (
                 len(self.sr.blur_sigma) == 2 and 0 < self.sr.blur_sigma[0] <= self.sr.blur_sigma[1],

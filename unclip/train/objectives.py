@@ -10,7 +10,7 @@ condition dropout, degraded low-res inputs), drawing every random number from th
   several captions is seen with one drawn at random (``unclip.train.data.pick_captions``).
 * ``decoder``: ε-prediction MSE plus λ·L_vlb for the learned variance (Improved DDPM eq. 16); CLIP
   embedding dropped 10% and caption 50% of the time (DALL·E 2 §2.1); optionally on multi-resolution noise
-  (``decoder.pyramid_noise``) so that flat colours and layout are decided by the conditioning.
+  (``decoder.pyramid_noise``) so that flat colours and layout are decided by the conditioning; ``decoder.edge_weight``.
 * ``sr256`` / ``sr1024``: ε-prediction MSE on random crops of a quarter of the target size, the low-res
   input degraded (Gaussian blur; for 256→1024 also noise and JPEG compression, DALL·E 2 Appendix C), or with
   ``data.low_res`` the crop's twin in the picture the stage below made (noise and JPEG still added), and
@@ -170,9 +170,12 @@ class DecoderObjective(nn.Module):
             x0=x0, x_t=self.process.q_sample(x0, td, noise), t=td, noise=noise, z_i=z_i,
             drop_image=drop_image.to(device), embeds=embeds, hidden=hidden, mask=mask,
             weight=_weights(self.process, t, self.gamma).to(device),
+            pixel_weight=edge_weights(x0, self.options.edge_weight),
         )  # fmt: skip
 
-    def forward(self, x0, x_t, t, noise, z_i, drop_image, embeds, hidden, mask, weight) -> torch.Tensor:
+    def forward(
+        self, x0, x_t, t, noise, z_i, drop_image, embeds, hidden, mask, weight, pixel_weight=None
+    ) -> torch.Tensor:
         null = self.text_proj.learned_classifier_free_guidance_embeddings.to(z_i.dtype)
         z_i = torch.where(drop_image[:, None], null.expand_as(z_i), z_i)
         rows = TextConditioning(embeds, hidden, mask, doubled=False)
@@ -180,7 +183,7 @@ class DecoderObjective(nn.Module):
         out = denoiser(x_t, t, 0).float()
         channels = x_t.shape[1]
         eps = out[:, :channels]
-        loss = weight * ((eps - noise) ** 2).flatten(1).mean(1)  # L_simple (DDPM eq. 14)
+        loss = weight * pixel_mean((eps - noise) ** 2, pixel_weight)  # L_simple (DDPM eq. 14)
         if self.learned_variance:  # + λ L_vlb through the variance only (Improved DDPM eq. 16)
             vlb = self.process.vlb_term(x0, x_t, t, eps.detach(), out[:, channels:])
             loss = loss + self.options.vlb_weight * self.process.num_timesteps * vlb
@@ -230,6 +233,19 @@ def contrast(images: torch.Tensor) -> torch.Tensor:
     across = torch.maximum(F.pad(across, (0, 1, 0, 0)), F.pad(across, (1, 0, 0, 0)))
     down = torch.maximum(F.pad(down, (0, 0, 0, 1)), F.pad(down, (0, 0, 1, 0)))
     return F.max_pool2d(torch.maximum(across, down), 3, stride=1, padding=1) / 2
+
+
+def edge_weights(x0: torch.Tensor, edge_weight: float) -> torch.Tensor | None:
+    """Per-pixel weights of the error, 1 + edge_weight × ``contrast(x0)``, (N, 1, H, W); None when 0 (uniform)."""
+    return 1 + edge_weight * contrast(x0) if edge_weight > 0 else None
+
+
+def pixel_mean(error: torch.Tensor, pixel_weight: torch.Tensor | None) -> torch.Tensor:
+    """Each sample's mean error over channels and pixels, weighted by ``pixel_weight`` when given (normalised by the
+    weights: an image's loss stays on the scale of the uniform one)."""
+    if pixel_weight is None:
+        return error.flatten(1).mean(1)
+    return (pixel_weight * error).flatten(1).sum(1) / (pixel_weight.flatten(1).sum(1) * error.shape[1])
 
 
 class SuperResObjective(nn.Module):
@@ -327,20 +343,13 @@ class SuperResObjective(nn.Module):
         td = t.to(device)
         return dict(
             x_t=self.process.q_sample(x0, td, noise), t=td, low_res=low, target=self.process.target(x0, td, noise),
-            weight=_weights(self.process, t, self.gamma).to(device), pixel_weight=self.pixel_weight(x0),
+            weight=_weights(self.process, t, self.gamma).to(device),
+            pixel_weight=edge_weights(x0, self.options.edge_weight),
         )  # fmt: skip
-
-    def pixel_weight(self, x0: torch.Tensor) -> torch.Tensor | None:
-        """``sr.edge_weight``'s per-pixel weights of the error, 1 + edge_weight × ``contrast(x0)``; None when 0."""
-        return 1 + self.options.edge_weight * contrast(x0) if self.options.edge_weight > 0 else None
 
     def forward(self, x_t, t, low_res, target, weight, pixel_weight=None) -> torch.Tensor:
         out = ConcatDenoiser(self.unet, low_res)(x_t, t, 0).float()  # the upsampler stages' denoiser
-        error = self.error(out[:, : target.shape[1]] - target)
-        if pixel_weight is None:
-            return weight * error.flatten(1).mean(1)
-        # the weighted mean over pixels: an image's loss stays on the scale of the uniform one
-        return weight * (pixel_weight * error).flatten(1).sum(1) / (pixel_weight.flatten(1).sum(1) * error.shape[1])
+        return weight * pixel_mean(self.error(out[:, : target.shape[1]] - target), pixel_weight)
 
     def error(self, difference: torch.Tensor) -> torch.Tensor:
         """The per-element error of ``sr.loss``: squared (l2) or absolute (l1)."""
