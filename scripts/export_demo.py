@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -45,6 +46,15 @@ def join_upscaler(cascade, other) -> None:
     if other.upscaler_layout is None:
         raise UnclipError("--upscaler: that cascade has no 256→1024 upscaler; give the sr1024 run's model.yaml")
     cascade.register_modules(**{n: getattr(other, n) for n in cascade.components if n.startswith(UPSCALER_PREFIX)})
+
+
+def drop_machine_paths(folder: Path) -> None:
+    """Remove ``_name_or_path`` (where each part was read from: a path on the machine that exported it, which diffusers
+    writes on save) from every config.json under ``folder``; nothing loads it back."""
+    for path in folder.rglob("config.json"):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def export(
@@ -75,6 +85,7 @@ def export(
     partial, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
     shutil.rmtree(partial, ignore_errors=True)
     cascade.save_pretrained(partial)
+    drop_machine_paths(partial)
     if clip is not None:  # kept in fp32: small, and read as is by `hf:` encoders on a CPU
         for part in ("image_encoder", "feature_extractor"):
             shutil.copytree(clip / part, partial / "clip" / part)

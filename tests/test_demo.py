@@ -57,6 +57,8 @@ def test_export_joins_upsamplers_trained_apart(tmp_path):
     a, b, out = (UnCLIPCascade.from_pretrained(p) for p in (text_run, upsampler_run, tmp_path / "out" / "model.yaml"))
     weights = load_file(tmp_path / "out" / "unclip" / "decoder" / "diffusion_pytorch_model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float16}
+    configs = list((tmp_path / "out").rglob("config.json"))
+    assert len(configs) >= 6 and not [c for c in configs if str(tmp_path) in c.read_text()]  # no machine paths
 
     def same(x, y):
         return all(torch.equal(p.half(), q) for p, q in zip(x.parameters(), y.parameters(), strict=True))
