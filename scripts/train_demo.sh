@@ -21,17 +21,18 @@
 #   sr1024-top   sr1024's second phase, on the top timesteps only (the demo samples it in one step from noise).
 #   sr1024-more  its third: 3,000 more steps of the second's recipe (more steps kept sharpening its edges).
 #   sr1024-edge  its fourth: 2,000 steps with the error weighed up at edges (sr.edge_weight; sharper still).
-#   decoder, decoder2, decoder3, decoder4   the 64 px decoder in four phases, each from the previous one's
-#            weights, with every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun
-#            launcher); decoder4 is 2,700 more steps of decoder3's recipe (the place is learned late).
-#   export   fp16 into models/demo/ (text stages from decoder4, the upsamplers from sr256-edge and sr1024-edge, or
+#   decoder, decoder2, decoder3, decoder4, decoder5   the 64 px decoder in five phases, each from the previous
+#            one's weights, with every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun
+#            launcher); decoder4 is 2,700 more steps of decoder3's recipe (the place is learned late); decoder5
+#            weighs the error up at edges (decoder.edge_weight: near-colour edges blurred, then widened at 1024 px).
+#   export   fp16 into models/demo/ (text stages from $DECODER, the last phase; the upsamplers from sr256-edge and sr1024-edge, or
 #            where those runs are not here, as shipped in models/demo), the demo's settings (configs/demo.yaml).
 #            Skipped while models/demo is what it last exported from the same runs (runs/demo/export.sha256).
 #   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
 #   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside
 #            each edge; z_i from each image's plain twin, embedded by the shipped CLIP),
 #            configs/train/demo-outline-lora.yaml, shipped as models/demo-lora/outline.safetensors; retrained
-#            when the decoder4 or CLIP run is newer than it.
+#            when the $DECODER or CLIP run is newer than it.
 # A training step is finished when its output_dir has model.yaml; an interrupted one resumes from its latest
 # checkpoint (`resume=latest`). Without arguments the text side (clip, embed, prior), sr256 and sr1024 (with its
 # later phases) run side by side, each on half the cores; the decoders start when the text side is done, beside
@@ -45,9 +46,10 @@ export HF_HUB_OFFLINE=1
 SEED=${SEED:-0}
 CORES=$(nproc)
 HALF=$(( CORES > 1 ? CORES / 2 : 1 ))
+DECODER=decoder5  # the decoder's last phase: what the export ships and the outline adapter adapts
 DECODER_LAUNCH=${DECODER_LAUNCH:-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no}
 STEPS=(data clip embed prior sr256 sr256-edge sr1024 sr1024-top sr1024-more sr1024-edge decoder decoder2 decoder3
-  decoder4 export eval outline)
+  decoder4 decoder5 export eval outline)
 mkdir -p runs/demo
 
 say() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -104,6 +106,7 @@ step_decoder() { OMP_NUM_THREADS=$HALF train decoder $DECODER_LAUNCH; }
 step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min-SNR-γ 5
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
 step_decoder4() { OMP_NUM_THREADS=$HALF train decoder4 $DECODER_LAUNCH; }  # more of it
+step_decoder5() { OMP_NUM_THREADS=$HALF train decoder5 $DECODER_LAUNCH; }  # edges weighed up
 export_stamp() {  # the sha256 of every file an export reads (the runs, the CLIP) and of what it wrote (models/demo)
   local run
   for run in "$@"; do
@@ -111,8 +114,8 @@ export_stamp() {  # the sha256 of every file an export reads (the runs, the CLIP
   done | { cat; find runs/demo/clip models/demo -type f; } | LC_ALL=C sort | xargs -r sha256sum | sha256sum
 }
 step_export() {
-  local upsamplers runs=(decoder4) stamp=runs/demo/export.sha256
-  [ -f runs/demo/decoder4/model.yaml ] || { say "export: no runs/demo/decoder4 here: models/demo kept as it is"; return; }
+  local upsamplers runs=("$DECODER") stamp=runs/demo/export.sha256
+  [ -f "runs/demo/$DECODER/model.yaml" ] || { say "export: no runs/demo/$DECODER here: models/demo kept as it is"; return; }
   # the upsamplers see no text: without their runs here (a text side retrained in a new workspace) the export keeps
   # the shipped ones, read from models/demo before it is replaced
   if [ -f runs/demo/sr256-edge/model.yaml ] && [ -f runs/demo/sr1024-edge/model.yaml ]; then
@@ -127,7 +130,7 @@ step_export() {
   # fresh: models/demo is, file for file, what the last export made from these same runs (a content stamp, not
   # mtimes: `git checkout -- models/demo` makes the shipped files newer than any run without being this export)
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(export_stamp "${runs[@]}")" ] && return
-  timed export python scripts/export_demo.py runs/demo/decoder4/model.yaml "${upsamplers[@]}" --clip runs/demo/clip \
+  timed export python scripts/export_demo.py "runs/demo/$DECODER/model.yaml" "${upsamplers[@]}" --clip runs/demo/clip \
     --out models/demo --force
   sed -e 's#\.\./models/demo/##' configs/demo.yaml > models/demo/model.yaml  # the demo's settings, relative
   export_stamp "${runs[@]}" > "$stamp"
@@ -146,7 +149,7 @@ step_outline() {
   local adapter=models/demo-lora/outline.safetensors
   # it adapts the shipped decoder and reads z_i by the shipped CLIP: stale when either run is newer (a new export
   # of the same runs, e.g. for new upsamplers, leaves it as it is)
-  base_newer() { [ runs/demo/decoder4/model.yaml -nt "$1" ] || [ runs/demo/clip/zero_shot.json -nt "$1" ]; }
+  base_newer() { [ "runs/demo/$DECODER/model.yaml" -nt "$1" ] || [ runs/demo/clip/zero_shot.json -nt "$1" ]; }
   [ -f "$adapter" ] && ! base_newer "$adapter" && return
   dataset data/shapes-outline 2000 256 --outline 0.06
   # z_i of each outlined image: its plain twin's embedding by the shipped CLIP (redone when the CLIP is newer)
@@ -191,6 +194,7 @@ step_decoder
 step_decoder2
 step_decoder3
 step_decoder4
+step_decoder5
 lane sr256
 lane sr1024
 step_export

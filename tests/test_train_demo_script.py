@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DECODER = "decoder5"  # the decoder phase the export reads (DECODER in scripts/train_demo.sh)
 
 FAKE_EXPORT = """
 import sys
@@ -40,10 +41,10 @@ def tree(tmp_path: Path) -> Path:
     (tmp_path / "scripts" / "export_demo.py").write_text(FAKE_EXPORT)
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "demo.yaml").write_text("unclip: ../models/demo/unclip\n")
-    run = tmp_path / "runs" / "demo" / "decoder4"
+    run = tmp_path / "runs" / "demo" / DECODER
     (run / "checkpoints").mkdir(parents=True)
     (run / "model.yaml").write_text("unclip: unclip\n")
-    (run / "weights.safetensors").write_bytes(b"decoder4, first")
+    (run / "weights.safetensors").write_bytes(b"decoder5, first")
     (tmp_path / "runs" / "demo" / "clip").mkdir()
     (tmp_path / "runs" / "demo" / "clip" / "clip.safetensors").write_bytes(b"clip")
     shipped = tmp_path / "models" / "demo"
@@ -64,30 +65,30 @@ def export(tree: Path) -> int:
 def test_export_reruns_after_a_checkout_and_skips_when_fresh(tree: Path):
     assert export(tree) == 1
     shipped = tree / "models" / "demo"
-    assert (shipped / "decoder.safetensors").read_bytes() == b"decoder4, first"
+    assert (shipped / "decoder.safetensors").read_bytes() == b"decoder5, first"
     assert (shipped / "model.yaml").read_text() == "unclip: unclip\n"  # the demo's settings, made relative
     assert "--upsamplers models/demo/model.yaml" in (tree / "calls.txt").read_text()  # no upsampler runs here
     assert export(tree) == 1  # nothing changed: skipped
     # `git checkout -- models/demo`: the shipped files come back, newer than every run
     (shipped / "decoder.safetensors").write_bytes(b"shipped decoder")
     assert export(tree) == 2
-    assert (shipped / "decoder.safetensors").read_bytes() == b"decoder4, first"
+    assert (shipped / "decoder.safetensors").read_bytes() == b"decoder5, first"
     assert export(tree) == 2
 
 
 def test_export_reruns_for_a_changed_run_older_than_the_export(tree: Path):
     assert export(tree) == 1
-    weights = tree / "runs" / "demo" / "decoder4" / "weights.safetensors"
-    weights.write_bytes(b"decoder4, second")
+    weights = tree / "runs" / "demo" / DECODER / "weights.safetensors"
+    weights.write_bytes(b"decoder5, second")
     os.utime(weights, (0, 0))  # older than models/demo: an mtime test would call the export fresh
-    (tree / "runs" / "demo" / "decoder4" / "checkpoints" / "state.bin").write_bytes(b"a checkpoint")  # not read
+    (tree / "runs" / "demo" / DECODER / "checkpoints" / "state.bin").write_bytes(b"a checkpoint")  # not read
     assert export(tree) == 2
-    assert (tree / "models" / "demo" / "decoder.safetensors").read_bytes() == b"decoder4, second"
-    (tree / "runs" / "demo" / "decoder4" / "checkpoints" / "state.bin").write_bytes(b"the next checkpoint")
+    assert (tree / "models" / "demo" / "decoder.safetensors").read_bytes() == b"decoder5, second"
+    (tree / "runs" / "demo" / DECODER / "checkpoints" / "state.bin").write_bytes(b"the next checkpoint")
     assert export(tree) == 2  # the export does not read checkpoints: still fresh
 
 
 def test_export_without_a_decoder_run_keeps_the_shipped_demo(tree: Path):
-    shutil.rmtree(tree / "runs" / "demo" / "decoder4")
+    shutil.rmtree(tree / "runs" / "demo" / DECODER)
     assert export(tree) == 0
     assert (tree / "models" / "demo" / "decoder.safetensors").read_bytes() == b"shipped decoder"
