@@ -25,8 +25,9 @@
 #            one's weights, with every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun
 #            launcher); decoder4 is 2,700 more steps of decoder3's recipe (the place is learned late); decoder5
 #            weighs the error up at edges (decoder.edge_weight: near-colour edges blurred, then widened at 1024 px).
-#   export   fp16 into models/demo/ (text stages from $DECODER, the last phase; the upsamplers from sr256-edge and sr1024-edge, or
-#            where those runs are not here, as shipped in models/demo), the demo's settings (configs/demo.yaml).
+#   export   fp16 into models/demo/ (text stages from $DECODER, the decoder's last phase; the upsamplers from
+#            sr256-edge and sr1024-edge, or where those runs are not here, as shipped in models/demo), the demo's
+#            settings (configs/demo.yaml).
 #            Skipped while models/demo is what it last exported from the same runs (runs/demo/export.sha256).
 #   eval     `unclip eval shapes` of what was shipped: 192 prompts at 64 px, 48 at 1024 px (runs/demo/eval-SIZE.json).
 #   outline  the demo decoder's outline LoRA (issue 20) on the shipped demo: data/shapes-outline (dark band inside

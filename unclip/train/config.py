@@ -66,9 +66,7 @@ class DecoderOptions:
     learned_variance: bool | None = None  # None: when the decoder has 6 output channels (Karlo's has)
     vlb_weight: float = 0.001  # λ of the hybrid loss L_simple + λ L_vlb (Nichol & Dhariwal 2021, eq. 16)
     pyramid_noise: float = 0.0  # > 0: multi-resolution training noise with this discount (0.8 for flat images)
-    edge_weight: float = (
-        0.0  # > 0: each pixel's ε error weighed 1 + edge_weight × x_0's local contrast (sr.edge_weight)
-    )
+    edge_weight: float = 0.0  # > 0: each pixel's ε error weighed 1 + this × x_0's local contrast (as sr.edge_weight)
 
 
 @dataclass
