@@ -8,6 +8,7 @@ compared mtimes and so skipped after `git checkout -- models/demo` (the shipped 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DECODER = "decoder5"  # the decoder phase the export reads (DECODER in scripts/train_demo.sh)
+# the decoder phase the export reads, as the script names it
+DECODER = re.search(r"^DECODER=(\S+)", (ROOT / "scripts" / "train_demo.sh").read_text(), re.M).group(1)
 
 FAKE_EXPORT = """
 import sys
@@ -44,7 +46,7 @@ def tree(tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "demo" / DECODER
     (run / "checkpoints").mkdir(parents=True)
     (run / "model.yaml").write_text("unclip: unclip\n")
-    (run / "weights.safetensors").write_bytes(b"decoder5, first")
+    (run / "weights.safetensors").write_bytes(b"decoder run, first")
     (tmp_path / "runs" / "demo" / "clip").mkdir()
     (tmp_path / "runs" / "demo" / "clip" / "clip.safetensors").write_bytes(b"clip")
     shipped = tmp_path / "models" / "demo"
@@ -65,25 +67,25 @@ def export(tree: Path) -> int:
 def test_export_reruns_after_a_checkout_and_skips_when_fresh(tree: Path):
     assert export(tree) == 1
     shipped = tree / "models" / "demo"
-    assert (shipped / "decoder.safetensors").read_bytes() == b"decoder5, first"
+    assert (shipped / "decoder.safetensors").read_bytes() == b"decoder run, first"
     assert (shipped / "model.yaml").read_text() == "unclip: unclip\n"  # the demo's settings, made relative
     assert "--upsamplers models/demo/model.yaml" in (tree / "calls.txt").read_text()  # no upsampler runs here
     assert export(tree) == 1  # nothing changed: skipped
     # `git checkout -- models/demo`: the shipped files come back, newer than every run
     (shipped / "decoder.safetensors").write_bytes(b"shipped decoder")
     assert export(tree) == 2
-    assert (shipped / "decoder.safetensors").read_bytes() == b"decoder5, first"
+    assert (shipped / "decoder.safetensors").read_bytes() == b"decoder run, first"
     assert export(tree) == 2
 
 
 def test_export_reruns_for_a_changed_run_older_than_the_export(tree: Path):
     assert export(tree) == 1
     weights = tree / "runs" / "demo" / DECODER / "weights.safetensors"
-    weights.write_bytes(b"decoder5, second")
+    weights.write_bytes(b"decoder run, second")
     os.utime(weights, (0, 0))  # older than models/demo: an mtime test would call the export fresh
     (tree / "runs" / "demo" / DECODER / "checkpoints" / "state.bin").write_bytes(b"a checkpoint")  # not read
     assert export(tree) == 2
-    assert (tree / "models" / "demo" / "decoder.safetensors").read_bytes() == b"decoder5, second"
+    assert (tree / "models" / "demo" / "decoder.safetensors").read_bytes() == b"decoder run, second"
     (tree / "runs" / "demo" / DECODER / "checkpoints" / "state.bin").write_bytes(b"the next checkpoint")
     assert export(tree) == 2  # the export does not read checkpoints: still fresh
 
