@@ -68,9 +68,10 @@ def load(args, device: torch.device, dtype: torch.dtype):
         from unclip.config import ModelConfig
         from unclip.replicas import tiny_karlo, tiny_x4_upscaler
 
-        root = Path(tempfile.mkdtemp(prefix="unclip-bench-"))
-        config = ModelConfig(str(tiny_karlo(root / "karlo")), str(tiny_x4_upscaler(root / "x4")), name="tiny")
-        return UnCLIPCascade.from_pretrained(config, torch_dtype=dtype), "tiny replicas"
+        with tempfile.TemporaryDirectory(prefix="unclip-bench-") as tmp:  # loaded into memory, then removed
+            root = Path(tmp)
+            config = ModelConfig(str(tiny_karlo(root / "karlo")), str(tiny_x4_upscaler(root / "x4")), name="tiny")
+            return UnCLIPCascade.from_pretrained(config, torch_dtype=dtype), "tiny replicas"
     if args.model:
         return UnCLIPCascade.from_pretrained(args.model, torch_dtype=dtype), args.model
     return full_size_cascade(args.configs, dtype, device), "full-size replicas (random weights)"

@@ -3,7 +3,9 @@
 Nothing touches the network: HF_HUB_OFFLINE=1 and an empty Hugging Face cache for the whole session.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -16,6 +18,8 @@ import pytest
 import torch
 
 from unclip.replicas import tiny_karlo, tiny_x4_upscaler
+
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)  # not left in /tmp after the run
 
 
 def pytest_collection_modifyitems(config, items):

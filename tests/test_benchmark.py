@@ -3,6 +3,7 @@ GPU numbers come from the same code on a GPU; none are asserted here."""
 
 import json
 import runpy
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,13 @@ def test_flops_are_counted_per_stage_and_scale_with_steps(cascade):
     assert "run_decoder" not in vars(cascade)  # the wrappers are gone once the clock is left
 
 
-def test_replicas_built_from_configs_have_the_loaded_sizes(replica_root, cascade):
-    """full_size_cascade builds what the configs say; on the tiny replicas' configs, the tiny replicas' sizes."""
+def test_replicas_built_from_configs_have_the_loaded_sizes(replica_root, cascade, tmp_path, monkeypatch):
+    """full_size_cascade builds what the configs say; on the tiny replicas' configs, the tiny replicas' sizes. The
+    tokenizer's files are written to a temporary folder that is gone once it is built (it used to stay in /tmp)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     built = full_size_cascade(replica_root, torch.float32, "cpu")
+    assert list(tmp_path.iterdir()) == []
+    assert built.tokenizer("a cat").input_ids == cascade.tokenizer("a cat").input_ids
     for name, module in cascade.components.items():
         if isinstance(module, torch.nn.Module):
             count = sum(p.numel() for p in module.parameters())

@@ -118,7 +118,6 @@ def full_size_cascade(configs: str | Path, dtype: torch.dtype, device: str | tor
     for folder in folders.values():
         if not (folder / "model_index.json").is_file():
             raise UnclipError(f"{folder} has no model_index.json: give --configs the pretrained-configs folder")
-    vocab = clip_tokenizer_files(tempfile.mkdtemp(prefix="unclip-bench-tokenizer-"))
     builders = {
         "CLIPTextModelWithProjection": lambda c: transformers.CLIPTextModelWithProjection(
             transformers.CLIPTextConfig.from_dict(c)
@@ -131,29 +130,32 @@ def full_size_cascade(configs: str | Path, dtype: torch.dtype, device: str | tor
         },  # fmt: skip
     }
     components: dict[str, Any] = {}
-    for layout, folder in folders.items():
-        index = json.loads((folder / "model_index.json").read_text())
-        prefix = UPSCALER_PREFIX if layout == "x4" else ""
-        for name in LAYOUTS[layout]:
-            if name not in index:
-                continue
-            class_name = index[name][1]
-            if class_name in SCHEDULER_CLASSES:
-                config = json.loads((folder / name / "scheduler_config.json").read_text())
-                components[prefix + name] = SCHEDULER_CLASSES[class_name].from_config(config)
-            elif class_name in ("CLIPTokenizer", "CLIPTokenizerFast"):
-                components[prefix + name] = transformers.CLIPTokenizer(
-                    str(vocab / "vocab.json"),
-                    str(vocab / "merges.txt"),
-                    pad_token=_pad_token(folder / name),
-                    model_max_length=_max_length(folder / name),  # unset, it is 1e30 and padding overflows
-                )
-            else:
-                config = json.loads((folder / name / "config.json").read_text())
-                with torch.device(device):  # initialise where it will run: minutes faster on a GPU
-                    components[prefix + name] = builders[class_name](config).to(dtype).eval()
-        if layout == "x4":
-            components["max_noise_level"] = index.get("max_noise_level", 350)
+    # the tokenizer reads its files once, into memory: the folder goes when it is built (it was left in /tmp)
+    with tempfile.TemporaryDirectory(prefix="unclip-bench-tokenizer-") as tmp:
+        vocab = clip_tokenizer_files(tmp)
+        for layout, folder in folders.items():
+            index = json.loads((folder / "model_index.json").read_text())
+            prefix = UPSCALER_PREFIX if layout == "x4" else ""
+            for name in LAYOUTS[layout]:
+                if name not in index:
+                    continue
+                class_name = index[name][1]
+                if class_name in SCHEDULER_CLASSES:
+                    config = json.loads((folder / name / "scheduler_config.json").read_text())
+                    components[prefix + name] = SCHEDULER_CLASSES[class_name].from_config(config)
+                elif class_name in ("CLIPTokenizer", "CLIPTokenizerFast"):
+                    components[prefix + name] = transformers.CLIPTokenizer(
+                        str(vocab / "vocab.json"),
+                        str(vocab / "merges.txt"),
+                        pad_token=_pad_token(folder / name),
+                        model_max_length=_max_length(folder / name),  # unset, it is 1e30 and padding overflows
+                    )
+                else:
+                    config = json.loads((folder / name / "config.json").read_text())
+                    with torch.device(device):  # initialise where it will run: minutes faster on a GPU
+                        components[prefix + name] = builders[class_name](config).to(dtype).eval()
+            if layout == "x4":
+                components["max_noise_level"] = index.get("max_noise_level", 350)
     if dtype == torch.float16:
         components["upscaler_vae"].to(torch.float32)  # as from_pretrained does: the x4 VAE overflows in fp16
     config = ModelConfig(unclip=str(folders["karlo"]), upscaler=str(folders["x4"]), name="full-size replica")
