@@ -12,7 +12,7 @@ from unclip.errors import UnclipError
 from unclip.guidance import ClassifierFreeGuidance, guided, uses_guidance
 from unclip.plan import KEYWORDS, LABELS, NAMES, check_keep, check_size, resolve
 from unclip.sampling import first_step, image_generators, sample
-from unclip.schedulers import SCHEDULERS, make_scheduler, uses_learned_variance
+from unclip.schedulers import SCHEDULERS, KarloDDPMScheduler, make_scheduler, uses_learned_variance
 from unclip.settings import SETTINGS, StageSettings
 from unclip.stages import KINDS, STAGES, defaults, first_of, offload_order, settings_of
 
@@ -114,10 +114,31 @@ def test_every_scheduler_keeps_the_stage_s_noise_schedule_and_prediction(name):
     reference = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
     assert torch.allclose(scheduler.alphas_cumprod, reference.alphas_cumprod)
     assert scheduler.config.prediction_type == "epsilon"
-    expected = {"default": UnCLIPScheduler, "unclip": UnCLIPScheduler, "ddpm": DDPMScheduler, "ddim": DDIMScheduler,
-                "dpmpp": DPMSolverMultistepScheduler}  # fmt: skip
+    expected = {"default": UnCLIPScheduler, "unclip": UnCLIPScheduler, "ddpm": KarloDDPMScheduler,
+                "ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler}  # fmt: skip
     assert type(scheduler) is expected[name]
     assert uses_learned_variance(scheduler) == (name in ("default", "unclip", "ddpm"))
+
+
+def test_ddpm_over_karlo_s_stages_takes_unclip_s_steps_and_adds_no_noise_at_the_last():
+    """Before, its timesteps ended at t = 39 (diffusers' "trailing") and the last step added noise of the learned
+    variance: speckle. Now the same steps as UnCLIPScheduler, each the same x_{t-1} from the same draw."""
+    unclip, ddpm = make_scheduler("default", KARLO), make_scheduler("ddpm", KARLO)
+    unclip.set_timesteps(25)
+    ddpm.set_timesteps(25)
+    assert ddpm.timesteps.tolist() == unclip.timesteps.tolist() and ddpm.timesteps[-1] == 0
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 6, 4, 4, generator=g).clamp(-1, 1)
+    steps = unclip.timesteps.tolist()
+    for i in (0, 12, 23, 24):
+        following = steps[i + 1] if i + 1 < len(steps) else None
+        a = unclip.step(out, steps[i], x, prev_timestep=following, generator=torch.Generator().manual_seed(1))
+        b = ddpm.step(out, steps[i], x, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(a.prev_sample, b.prev_sample, atol=1e-3), steps[i]
+    last = [ddpm.step(out, 0, x, generator=torch.Generator().manual_seed(s)).prev_sample for s in (1, 2)]
+    assert torch.equal(*last)  # no draw at t = 0
+    x4 = make_scheduler("ddpm", X4)
+    assert type(x4) is DDPMScheduler  # the x4's own spacing: it was trained with scaled_linear, not Karlo's
 
 
 def test_schedulers_over_the_x4_stage_keep_v_prediction_and_unclip_is_refused():

@@ -4,7 +4,8 @@ trained with.
 
 * ``default``: the checkpoint's own scheduler (UnCLIPScheduler for Karlo's stages, DDIM for the x4 upscaler).
 * ``unclip``: UnCLIPScheduler (Karlo's stages only: it knows only the squaredcos_cap_v2 schedule).
-* ``ddpm``: ancestral DDPM (Ho et al. 2020, eq. 6-7); uses the decoder's learned variance as UnCLIP does.
+* ``ddpm``: ancestral DDPM (Ho et al. 2020, eq. 6-7); uses the decoder's learned variance as UnCLIP does, over
+  UnCLIP's own timesteps for Karlo's stages (``KarloDDPMScheduler``).
 * ``ddim``: DDIM (Song et al. 2021, eq. 12), eta = 0 unless a caller passes one.
 * ``dpmpp``: DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+import numpy as np
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin, UnCLIPScheduler
 
 from unclip.errors import UnclipError
@@ -44,8 +46,23 @@ def _unclip(reference: SchedulerMixin) -> SchedulerMixin:
     return _default(reference)
 
 
+class KarloDDPMScheduler(DDPMScheduler):
+    """DDPM over UnCLIPScheduler's timesteps (T − 1 … 0, evenly spaced, rounded), each step to the next of them.
+
+    diffusers' own spacings stop short of t = 0 (25 of 1,000 steps "trailing": …, 79, 39), and DDPM's last step,
+    39 → x_0, then adds noise at the model's learned variance (σ ≈ 0.07 there): speckle on every picture. Ending
+    at t = 0, as Karlo's sampler does, the last step adds none (eq. 6-7 with t = 1 → x_0 the mean alone)."""
+
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None):
+        if timesteps is None and num_inference_steps is not None and num_inference_steps > 1:
+            ratio = (self.config.num_train_timesteps - 1) / (num_inference_steps - 1)  # UnCLIPScheduler's
+            timesteps = (np.arange(num_inference_steps) * ratio).round()[::-1].astype(np.int64).tolist()
+            return super().set_timesteps(device=device, timesteps=timesteps)
+        return super().set_timesteps(num_inference_steps, device, timesteps)
+
+
 def _ddpm(reference: SchedulerMixin) -> SchedulerMixin:
-    return _derived(DDPMScheduler, reference)
+    return _derived(KarloDDPMScheduler if isinstance(reference, UnCLIPScheduler) else DDPMScheduler, reference)
 
 
 def _ddim(reference: SchedulerMixin) -> SchedulerMixin:
