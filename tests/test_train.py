@@ -174,6 +174,37 @@ def test_decoder_edge_weight_weighs_the_epsilon_error_at_edges_up(cascade):
         load_train_config(None, ["data.path=d", "decoder.edge_weight=-1"])
 
 
+def test_decoder_contrast_ref_weighs_near_colour_pairs_up(cascade):
+    """``decoder.contrast_ref=c_ref``: each image's loss × (c_ref / c)², c its colour range (``colour_range``), so
+    an orange-on-red image's error counts as a black-on-white one's; 0 leaves every image alike."""
+    from unclip.demo.shapes import PALETTE
+    from unclip.train.objectives import OBJECTIVES, Frozen
+    from unclip.train.weights import colour_range
+
+    def picture(shape: str, background: str) -> torch.Tensor:
+        x0 = torch.tensor(PALETTE[background], dtype=torch.float32).view(3, 1, 1).expand(3, 64, 64).clone()
+        x0[:, 16:48, 16:48] = torch.tensor(PALETTE[shape], dtype=torch.float32).view(3, 1, 1)
+        return x0 / 127.5 - 1
+
+    x0 = torch.stack([picture("orange", "red"), picture("black", "white")])
+    assert colour_range(x0).tolist() == pytest.approx([0.216, 0.922], abs=1e-3)
+    batch = {"pixel_values": x0, "text": ["an orange square", "a black square"]}
+    frozen = Frozen(cascade, clip=lambda pixels: torch.zeros(pixels.shape[0], 32))
+
+    def loss(reference: float) -> torch.Tensor:
+        config = load_train_config(None, ["data.path=d", "data.clip=tiny:32", f"decoder.contrast_ref={reference}"])
+        objective = OBJECTIVES["decoder"](cascade, config)
+        inputs = objective.prepare(batch, frozen, torch.Generator().manual_seed(0), torch.device("cpu"))
+        inputs["noise"] = inputs["noise"].clone() + 10  # the same error, far larger than the prediction's, on both
+        with torch.no_grad():
+            return objective(**inputs)
+
+    uniform, weighed = loss(0), loss(0.5)
+    assert weighed / uniform == pytest.approx([(0.5 / 0.216) ** 2, (0.5 / 0.922) ** 2], rel=0.01)
+    with pytest.raises(UnclipError, match="decoder.contrast_ref must be ≥ 0"):
+        load_train_config(None, ["data.path=d", "decoder.contrast_ref=-1"])
+
+
 def test_upsampler_inputs_are_degraded_as_configured(cascade):
     from unclip.train.objectives import OBJECTIVES
 
@@ -252,7 +283,8 @@ def test_sr_edge_weight_weighs_the_error_at_edges_up(tmp_path, data):
     colour, 1 on both sides of a black-white edge), the loss normalised by the weights; 0 leaves the loss as it was."""
     from unclip.pipeline import UnCLIPCascade
     from unclip.train.architectures import ARCHITECTURES
-    from unclip.train.objectives import contrast, objective_for
+    from unclip.train.objectives import objective_for
+    from unclip.train.weights import contrast
 
     images = -torch.ones(1, 3, 16, 16)
     images[..., 8:] = 1  # a vertical black-white edge between columns 7 and 8

@@ -67,6 +67,9 @@ class DecoderOptions:
     vlb_weight: float = 0.001  # λ of the hybrid loss L_simple + λ L_vlb (Nichol & Dhariwal 2021, eq. 16)
     pyramid_noise: float = 0.0  # > 0: multi-resolution training noise with this discount (0.8 for flat images)
     edge_weight: float = 0.0  # > 0: each pixel's ε error weighed 1 + this × x_0's local contrast (as sr.edge_weight)
+    # > 0: each image's error weighed (this / c)², c its colour range (the shape's distance from the background, as
+    # contrast measures it): a near-colour pair's wrong pixel (orange on red) costs what a black-on-white one's does
+    contrast_ref: float = 0.0
 
 
 @dataclass
@@ -184,6 +187,10 @@ class TrainConfig:
             (
                 self.decoder.edge_weight >= 0,
                 f"decoder.edge_weight must be ≥ 0 (0: uniform), got {self.decoder.edge_weight}",
+            ),
+            (
+                self.decoder.contrast_ref >= 0,
+                f"decoder.contrast_ref must be ≥ 0 (0: every image alike), got {self.decoder.contrast_ref}",
             ),
             (0 <= self.sr.text_drop <= 1, f"sr.text_drop must be in [0, 1], got {self.sr.text_drop}"),
             (

@@ -10,7 +10,8 @@ condition dropout, degraded low-res inputs), drawing every random number from th
   several captions is seen with one drawn at random (``unclip.train.data.pick_captions``).
 * ``decoder``: ε-prediction MSE plus λ·L_vlb for the learned variance (Improved DDPM eq. 16); CLIP
   embedding dropped 10% and caption 50% of the time (DALL·E 2 §2.1); optionally on multi-resolution noise
-  (``decoder.pyramid_noise``) so that flat colours and layout are decided by the conditioning; ``decoder.edge_weight``.
+  (``decoder.pyramid_noise``) so that flat colours and layout are decided by the conditioning; ``decoder.edge_weight``
+  and ``decoder.contrast_ref`` weigh edges and near-colour pairs up (``unclip.train.weights``).
 * ``sr256`` / ``sr1024``: ε-prediction MSE on random crops of a quarter of the target size, the low-res
   input degraded (Gaussian blur; for 256→1024 also noise and JPEG compression, DALL·E 2 Appendix C), or with
   ``data.low_res`` the crop's twin in the picture the stage below made (noise and JPEG still added), and
@@ -41,6 +42,7 @@ from unclip.text import TextConditioning, tokenize
 from unclip.train.config import TrainConfig
 from unclip.train.data import LOW_RES_FACTOR, pick_captions
 from unclip.train.losses import Process
+from unclip.train.weights import contrast_weights, detail, edge_weights, pixel_mean
 
 
 @dataclass
@@ -169,9 +171,14 @@ class DecoderObjective(nn.Module):
         return dict(
             x0=x0, x_t=self.process.q_sample(x0, td, noise), t=td, noise=noise, z_i=z_i,
             drop_image=drop_image.to(device), embeds=embeds, hidden=hidden, mask=mask,
-            weight=_weights(self.process, t, self.gamma).to(device),
+            weight=_weights(self.process, t, self.gamma).to(device) * self.image_weights(x0),
             pixel_weight=edge_weights(x0, self.options.edge_weight),
         )  # fmt: skip
+
+    def image_weights(self, x0: torch.Tensor) -> torch.Tensor | float:
+        """``decoder.contrast_ref``: near-colour pairs' errors weighed up (``contrast_weights``); else 1."""
+        weights = contrast_weights(x0, self.options.contrast_ref)
+        return 1.0 if weights is None else weights
 
     def forward(
         self, x0, x_t, t, noise, z_i, drop_image, embeds, hidden, mask, weight, pixel_weight=None
@@ -211,41 +218,6 @@ def _blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
         padded = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
         out.append(F.conv2d(padded, kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3))
     return torch.cat(out)
-
-
-def _differences(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The absolute differences between neighbouring pixels, across (…, W − 1) and down (…, H − 1, W)."""
-    return (images[..., :, 1:] - images[..., :, :-1]).abs(), (images[..., 1:, :] - images[..., :-1, :]).abs()
-
-
-def detail(images: torch.Tensor) -> torch.Tensor:
-    """Each image's mean absolute difference between neighbouring pixels (across and down): 0 on a flat colour."""
-    across, down = _differences(images)
-    return across.flatten(1).mean(1) + down.flatten(1).mean(1)
-
-
-def contrast(images: torch.Tensor) -> torch.Tensor:
-    """Each pixel's local contrast, (N, 1, H, W): the largest absolute difference between neighbouring pixels (across
-    or down, the channels' mean) in its 3 × 3 neighbourhood, halved: 0 on a flat colour, 1 across a black-white edge
-    of [-1, 1] images. Both sides of an edge and its blended pixels get the edge's value."""
-    across, down = (d.mean(1, keepdim=True) for d in _differences(images))
-    # each difference to both pixels it lies between
-    across = torch.maximum(F.pad(across, (0, 1, 0, 0)), F.pad(across, (1, 0, 0, 0)))
-    down = torch.maximum(F.pad(down, (0, 0, 0, 1)), F.pad(down, (0, 0, 1, 0)))
-    return F.max_pool2d(torch.maximum(across, down), 3, stride=1, padding=1) / 2
-
-
-def edge_weights(x0: torch.Tensor, edge_weight: float) -> torch.Tensor | None:
-    """Per-pixel weights of the error, 1 + edge_weight × ``contrast(x0)``, (N, 1, H, W); None when 0 (uniform)."""
-    return 1 + edge_weight * contrast(x0) if edge_weight > 0 else None
-
-
-def pixel_mean(error: torch.Tensor, pixel_weight: torch.Tensor | None) -> torch.Tensor:
-    """Each sample's mean error over channels and pixels, weighted by ``pixel_weight`` when given (normalised by the
-    weights: an image's loss stays on the scale of the uniform one)."""
-    if pixel_weight is None:
-        return error.flatten(1).mean(1)
-    return (pixel_weight * error).flatten(1).sum(1) / (pixel_weight.flatten(1).sum(1) * error.shape[1])
 
 
 class SuperResObjective(nn.Module):
