@@ -175,8 +175,8 @@ def test_decoder_edge_weight_weighs_the_epsilon_error_at_edges_up(cascade):
 
 
 def test_decoder_contrast_ref_weighs_near_colour_pairs_up(cascade):
-    """``decoder.contrast_ref=c_ref``: each image's loss × (c_ref / c)², c its colour range (``colour_range``), so
-    an orange-on-red image's error counts as a black-on-white one's; 0 leaves every image alike."""
+    """``decoder.contrast_ref=c_ref``: each image's loss × (c_ref / c)², c its colour range (``colour_range``), when
+    c < c_ref: an orange-on-red image's error weighed up; a black-on-white one's as before; 0: every image alike."""
     from unclip.demo.shapes import PALETTE
     from unclip.train.objectives import OBJECTIVES, Frozen
     from unclip.train.weights import colour_range
@@ -200,7 +200,7 @@ def test_decoder_contrast_ref_weighs_near_colour_pairs_up(cascade):
             return objective(**inputs)
 
     uniform, weighed = loss(0), loss(0.5)
-    assert weighed / uniform == pytest.approx([(0.5 / 0.216) ** 2, (0.5 / 0.922) ** 2], rel=0.01)
+    assert weighed / uniform == pytest.approx([(0.5 / 0.216) ** 2, 1], rel=0.01)  # up, never down
     with pytest.raises(UnclipError, match="decoder.contrast_ref must be ≥ 0"):
         load_train_config(None, ["data.path=d", "decoder.contrast_ref=-1"])
 

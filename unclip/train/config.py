@@ -67,8 +67,8 @@ class DecoderOptions:
     vlb_weight: float = 0.001  # λ of the hybrid loss L_simple + λ L_vlb (Nichol & Dhariwal 2021, eq. 16)
     pyramid_noise: float = 0.0  # > 0: multi-resolution training noise with this discount (0.8 for flat images)
     edge_weight: float = 0.0  # > 0: each pixel's ε error weighed 1 + this × x_0's local contrast (as sr.edge_weight)
-    # > 0: each image's error weighed (this / c)², c its colour range (the shape's distance from the background, as
-    # contrast measures it): a near-colour pair's wrong pixel (orange on red) costs what a black-on-white one's does
+    # > 0: each image's error weighed (this / c)² when its colour range c (the shape's distance from the background,
+    # as contrast measures it) is below this: a near-colour pair's wrong pixel (orange on red) weighed up
     contrast_ref: float = 0.0
 
 

@@ -2,7 +2,8 @@
 
 * ``edge_weights``: per pixel, 1 + λ × the target's local contrast (``contrast``): edges weigh more than flat
   colour (``decoder.edge_weight``, ``sr.edge_weight``);
-* ``contrast_weights``: per image, (c_ref / c)² for an image whose colours lie c apart (``decoder.contrast_ref``);
+* ``contrast_weights``: per image, (c_ref / c)² (at least 1) for an image whose colours lie c apart
+  (``decoder.contrast_ref``);
 * ``pixel_mean``: the per-pixel weighted mean that gives one loss per sample; ``detail``: how much an image has.
 """
 
@@ -56,10 +57,12 @@ def colour_range(images: torch.Tensor) -> torch.Tensor:
 
 
 def contrast_weights(x0: torch.Tensor, reference: float) -> torch.Tensor | None:
-    """Per-image weights of the error, (reference / c)² with c = ``colour_range(x0)`` floored at reference / 4; None
-    when ``reference`` is 0 (uniform). A pixel drawn in the wrong one of two colours costs ε-prediction an error in
-    proportion to their distance (x_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t, DDPM eq. 4), squared in the loss: an orange
-    circle's pixel gone red (c = 0.22) costs 1/18th of a black one's gone white (0.92). Weighed so, the same."""
+    """Per-image weights of the error, (reference / c)² with c = ``colour_range(x0)``, between 1 and 16: images of
+    less contrast than ``reference`` weighed up, none down; None when ``reference`` is 0 (uniform). A pixel drawn
+    in the wrong one of two colours costs ε-prediction an error in proportion to their distance (x_0 = (x_t −
+    √(1 − ᾱ_t) ε) / √ᾱ_t, DDPM eq. 4), squared in the loss: an orange circle's pixel gone red (c = 0.22) costs 1/18th
+    of a black one's gone white (0.92). (Weighing the others down as well, to a mean weight of 1, cost the demo's
+    high-contrast pictures their edges: docs/benchmarks.md.)"""
     if reference <= 0:
         return None
-    return (reference / colour_range(x0).clamp(min=reference / 4)) ** 2
+    return (reference / colour_range(x0).clamp(min=reference / 4)).clamp(min=1) ** 2
