@@ -116,7 +116,7 @@ def test_each_stage_runs_the_scheduler_steps_and_eta_it_is_given_and_records_the
     out = cascade("a cat", seed=0, size=1024, scheduler=schedulers, decoder_eta=0.4, upscale_num_inference_steps=3,
                   output_type="np", **{**FAST, "prior_num_inference_steps": 3})  # fmt: skip
     assert ran == {
-        "prior": ("DDPMScheduler", 3, None, 0),
+        "prior": ("KarloDDPMScheduler", 3, None, 0),
         "decoder": ("DDIMScheduler", 4, {"eta": 0.4}, 0),
         "sr256": ("UnCLIPScheduler", 2, None, 0),
         "sr1024": ("DPMSolverMultistepScheduler", 3, None, 0),
