@@ -139,6 +139,21 @@ def test_eta_changes_the_ddim_picture_and_needs_ddim(cascade):
         cascade("a cat", prior_eta=0.5, size=64, **FAST)
 
 
+def test_quiet_steps_change_only_the_last_noisy_steps_and_need_a_learned_variance(cascade):
+    """decoder_quiet_steps=N: the last N steps that add noise add β̃ (v = −1), not the learned variance; the tiny
+    Karlo decoder learns its variance (6 channels), so the picture changes; DDIM has none to replace."""
+    kwargs = dict(seed=0, size=64, output_type="np", **FAST)
+    plain = cascade("a cat", **kwargs)
+    assert np.array_equal(plain.images, cascade("a cat", decoder_quiet_steps=0, **kwargs).images)
+    quiet = cascade("a cat", decoder_quiet_steps=1, **kwargs)
+    assert np.abs(plain.images - quiet.images).max() > 1e-3
+    assert quiet.metadata[0]["stages"]["decoder"]["quiet_steps"] == 1
+    with pytest.raises(UnclipError, match="decoder: quiet_steps 1 needs a learned variance .* DDIMScheduler"):
+        cascade("a cat", decoder_quiet_steps=1, scheduler={"decoder": "ddim"}, **kwargs)
+    with pytest.raises(UnclipError, match="unknown .*prior_quiet_steps|prior_quiet_steps"):
+        cascade("a cat", prior_quiet_steps=1, **kwargs)
+
+
 def test_unclip_scheduler_refused_for_the_x4_stage(cascade):
     with pytest.raises(UnclipError, match="sr1024: scheduler .unclip. needs the squaredcos"):
         cascade("a cat", seed=0, size=1024, scheduler={"sr1024": "unclip"}, **FAST)

@@ -53,6 +53,22 @@ def test_the_loop_gives_each_step_its_index_and_timestep_and_start_skips_the_ear
     assert seen == [(i, t) for i, t in full if t <= 500], "SDEdit runs only the steps at t ≤ start, at their index"
 
 
+@pytest.mark.parametrize("name", ["default", "ddpm"])
+def test_quiet_steps_give_the_last_noisy_steps_the_posterior_variance(name):
+    """The steps that add noise are those at t > 0 (UnCLIP's and ddpm's last step, t = 0, adds none): the last N of
+    them get v = −1 in place of the model's variance channels (learned_range: β̃); the others the model's own."""
+    scheduler = make_scheduler(name, KARLO)
+    given = []
+    step = scheduler.step
+    scheduler.step = lambda out, t, x, **kw: given.append((int(t), out[:, 3:].clone())) or step(out, t, x, **kw)
+    x_T = torch.randn(1, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    sample(lambda x, t, i: torch.full((1, 6, 2, 2), 0.5), scheduler, x_T, 6, [torch.Generator()], quiet_steps=2)
+    assert [t for t, _ in given] == scheduler.timesteps.tolist() and given[-1][0] == 0
+    quiet = [t for t, v in given if torch.equal(v, -torch.ones_like(v))]
+    assert quiet == [t for t, _ in given[-3:-1]]  # the last two before t = 0
+    assert all(torch.equal(v, torch.full_like(v, 0.5)) for t, v in given if t not in quiet)
+
+
 def test_host_and_device_timesteps_give_the_same_sample():
     x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
 

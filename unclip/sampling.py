@@ -90,6 +90,7 @@ def sample(
     start: int = 0,
     host_timesteps: bool = True,
     known: KnownRegion | None = None,
+    quiet_steps: int = 0,
 ) -> torch.Tensor:
     """Run the reverse process from x_T for ``num_steps`` steps of ``scheduler``; returns x_0.
 
@@ -102,7 +103,10 @@ def sample(
     timesteps live on the device, as in the reference pipelines (a host sync at every ``t > 0``).
 
     ``known``: an edit's known region (``unclip.repaint``): put back after every step (RePaint eq. 8), each step
-    taken ``known.resample`` times with a jump back between (eq. 9)."""
+    taken ``known.resample`` times with a jump back between (eq. 9).
+
+    ``quiet_steps`` > 0: the last that many steps at t > 0 (those that add noise) get v = −1 for the model's
+    learned variance, which the scheduler's learned_range makes the posterior variance β̃ (Improved DDPM eq. 15)."""
     scheduler.set_timesteps(num_steps, device="cpu" if host_timesteps else x_T.device)
     timesteps = scheduler.timesteps
     step_params = inspect.signature(scheduler.step).parameters
@@ -117,6 +121,8 @@ def sample(
     model_timesteps = timesteps.to(x.device, non_blocking=True)  # one copy, before the loop; the scheduler keeps
     # the CPU tensor alive, so the asynchronous copy may read it (and no host sync for it, even from pageable memory)
     keep_variance = uses_learned_variance(scheduler)
+    noisy = [i for i, t in enumerate(timesteps) if t > 0]
+    quiet = set(noisy[len(noisy) - quiet_steps :]) if quiet_steps > 0 else set()
     if known is not None:
         known.check(scheduler, desc)
     for i, t in enumerate(progress(timesteps, desc) if progress else timesteps):
@@ -127,6 +133,10 @@ def sample(
             model_output = denoiser(scheduler.scale_model_input(x, t), model_timesteps[i], first + i)
             if model_output.shape[1] != x.shape[1] and not keep_variance:
                 model_output = model_output[:, : x.shape[1]]  # drop the learned variance the sampler doesn't use
+            elif i in quiet:
+                model_output = torch.cat(
+                    [model_output[:, : x.shape[1]], -torch.ones_like(model_output[:, x.shape[1] :])], 1
+                )
             kwargs = dict(step_kwargs or {})
             if "generator" in step_params:
                 kwargs["generator"] = generators

@@ -91,6 +91,11 @@ def make_scheduler(name: str, reference: SchedulerMixin) -> SchedulerMixin:
     return SCHEDULERS[name](reference)
 
 
+def learned_range(scheduler: SchedulerMixin) -> bool:
+    """Whether its variance is interpolated by the model between β̃ and β (Improved DDPM eq. 15): v = −1 gives β̃."""
+    return getattr(scheduler.config, "variance_type", None) == "learned_range"
+
+
 def uses_learned_variance(scheduler: SchedulerMixin) -> bool:
     """Whether ``scheduler.step`` takes the model's extra variance channels (UnCLIP, DDPM learned_range)."""
     return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")

@@ -45,6 +45,10 @@ class StageSettings:
     pad: int = 0
     # > 1: the prior's best-of-n (DALL·E 2 §2.2): this many z_i per image, the one closest to the text's z_t kept
     samples: int = 1
+    # > 0: the last this many steps that add noise take the posterior variance β̃ (Ho et al. 2020 §3.2) rather than
+    # the model's learned one (Nichol & Dhariwal 2021 eq. 15). A respaced jump into t = 0 lets the learned variance
+    # add up to 1 − ᾱ_t of noise that no later step takes out: speckle (learned_range schedulers only)
+    quiet_steps: int = 0
 
     def problem(self) -> str | None:
         """The first field whose value is out of range, as "<field> must be ...", else None."""
@@ -152,6 +156,15 @@ SETTINGS: dict[str, Setting] = {
             int,
             "best-of-n (DALL·E 2 §2.2): draw N image embeddings per image, keep the one closest to the text's",
             _whole(1),
+        ),  # fmt: skip
+        Setting(
+            "quiet_steps",
+            "quiet_steps",
+            "quiet-steps",
+            "quiet steps",
+            int,
+            "the last N steps that add noise add the posterior variance, not the learned one (0: all learned)",
+            _whole(0),
         ),  # fmt: skip
     )
 }

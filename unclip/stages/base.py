@@ -21,7 +21,7 @@ from unclip.errors import UnclipError
 from unclip.guidance import Denoiser, guided
 from unclip.repaint import Inpainting, KnownRegion
 from unclip.sampling import first_step, sample
-from unclip.schedulers import make_scheduler
+from unclip.schedulers import learned_range, make_scheduler
 from unclip.settings import StageSettings
 
 if TYPE_CHECKING:
@@ -87,7 +87,10 @@ class Stage:
 
     def used(self, s: StageSettings, scheduler: SchedulerMixin, inverted: bool) -> tuple[str, ...]:
         """The settings that decide what it makes with ``scheduler``: what the metadata records."""
-        return tuple(name for name in self.settings if name != "eta" or takes_eta(scheduler))
+        return tuple(
+            name for name in self.settings
+            if (name != "eta" or takes_eta(scheduler)) and (name != "quiet_steps" or learned_range(scheduler))
+        )  # fmt: skip
 
     def check(self, cascade: UnCLIPCascade, s: StageSettings, inverted: bool = False) -> tuple[str, ...]:
         """Every check of ``s`` that needs this cascade's schedulers, before any stage runs; returns ``used``."""
@@ -101,8 +104,14 @@ class Stage:
                 f"{self.name}: eta {s.eta} needs the ddim scheduler ({type(scheduler).__name__} has no η): "
                 f"choose scheduler {self.name}=ddim, or leave eta at 0"
             )
+        if s.quiet_steps and not learned_range(scheduler):
+            raise UnclipError(
+                f"{self.name}: quiet_steps {s.quiet_steps} needs a learned variance to replace, which "
+                f"{type(scheduler).__name__} does not use: choose scheduler {self.name}=default or ddpm, or leave "
+                "quiet_steps at 0"
+            )
         used = self.used(s, scheduler, inverted)
-        for name in ("start", "pad"):
+        for name in ("start", "pad", "quiet_steps"):
             if getattr(s, name) > 0 and name not in self.settings:
                 raise UnclipError(f"{self.name}: this {self.title} stage ({self.kind}) takes no {name}: remove it")
         if s.start > 0 and "start" in used:
@@ -138,7 +147,8 @@ class Stage:
         return sample(
             denoiser, scheduler, x_T, s.steps, generators, desc=self.name,
             progress=lambda steps, desc: cascade.progress_bar(steps, desc=desc),
-            host_timesteps=cascade.speedups.host_timesteps, step_kwargs=step_kwargs, **kwargs,
+            host_timesteps=cascade.speedups.host_timesteps, step_kwargs=step_kwargs, quiet_steps=s.quiet_steps,
+            **kwargs,
         )  # fmt: skip
 
 

@@ -67,7 +67,7 @@ class Decoder(Stage):
     models = conv_models = ("decoder",)
     scheduler = "decoder_scheduler"
     trains_on_clip = True
-    settings = ("steps", "guidance", "scheduler", "start", "eta")
+    settings = ("steps", "guidance", "scheduler", "start", "eta", "quiet_steps")
     defaults = StageSettings(steps=25, guidance=8.0)  # UnCLIPPipeline's
     flag_aliases = {"start": ("--invert-start",)}
     setting_help = {"start": "DDIM inversion stops at the last timestep ≤ this and sampling resumes there; 0: all "
