@@ -139,7 +139,7 @@ def test_eta_changes_the_ddim_picture_and_needs_ddim(cascade):
         cascade("a cat", prior_eta=0.5, size=64, **FAST)
 
 
-def test_quiet_steps_change_only_the_last_noisy_steps_and_need_a_learned_variance(cascade):
+def test_quiet_steps_change_only_the_pictures_of_a_learned_variance(cascade):
     """decoder_quiet_steps=N: the last N steps that add noise add β̃ (v = −1), not the learned variance; the tiny
     Karlo decoder learns its variance (6 channels), so the picture changes; DDIM has none to replace."""
     kwargs = dict(seed=0, size=64, output_type="np", **FAST)
@@ -148,8 +148,10 @@ def test_quiet_steps_change_only_the_last_noisy_steps_and_need_a_learned_varianc
     quiet = cascade("a cat", decoder_quiet_steps=1, **kwargs)
     assert np.abs(plain.images - quiet.images).max() > 1e-3
     assert quiet.metadata[0]["stages"]["decoder"]["quiet_steps"] == 1
-    with pytest.raises(UnclipError, match="decoder: quiet_steps 1 needs a learned variance .* DDIMScheduler"):
-        cascade("a cat", decoder_quiet_steps=1, scheduler={"decoder": "ddim"}, **kwargs)
+    ddim = dict(kwargs, scheduler={"decoder": "ddim"})  # no learned variance: nothing to replace, nothing recorded
+    quiet_ddim = cascade("a cat", decoder_quiet_steps=1, **ddim)
+    assert np.array_equal(cascade("a cat", **ddim).images, quiet_ddim.images)
+    assert "quiet_steps" not in quiet_ddim.metadata[0]["stages"]["decoder"]
     with pytest.raises(UnclipError, match="unknown .*prior_quiet_steps|prior_quiet_steps"):
         cascade("a cat", prior_quiet_steps=1, **kwargs)
 

@@ -18,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from unclip.errors import UnclipError
 from unclip.guidance import Denoiser
-from unclip.schedulers import uses_learned_variance
+from unclip.schedulers import learned_range, uses_learned_variance
 
 if TYPE_CHECKING:
     from unclip.repaint import KnownRegion
@@ -106,7 +106,8 @@ def sample(
     taken ``known.resample`` times with a jump back between (eq. 9).
 
     ``quiet_steps`` > 0: the last that many steps at t > 0 (those that add noise) get v = −1 for the model's
-    learned variance, which the scheduler's learned_range makes the posterior variance β̃ (Improved DDPM eq. 15)."""
+    learned variance, which the scheduler's learned_range makes the posterior variance β̃ (Improved DDPM eq. 15);
+    a scheduler without one (DDIM: the edits' inversions) has none to replace, and samples as it would."""
     scheduler.set_timesteps(num_steps, device="cpu" if host_timesteps else x_T.device)
     timesteps = scheduler.timesteps
     step_params = inspect.signature(scheduler.step).parameters
@@ -122,7 +123,7 @@ def sample(
     # the CPU tensor alive, so the asynchronous copy may read it (and no host sync for it, even from pageable memory)
     keep_variance = uses_learned_variance(scheduler)
     noisy = [i for i, t in enumerate(timesteps) if t > 0]
-    quiet = set(noisy[len(noisy) - quiet_steps :]) if quiet_steps > 0 else set()
+    quiet = set(noisy[len(noisy) - quiet_steps :]) if quiet_steps > 0 and learned_range(scheduler) else set()
     if known is not None:
         known.check(scheduler, desc)
     for i, t in enumerate(progress(timesteps, desc) if progress else timesteps):

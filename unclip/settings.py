@@ -47,7 +47,8 @@ class StageSettings:
     samples: int = 1
     # > 0: the last this many steps that add noise take the posterior variance β̃ (Ho et al. 2020 §3.2) rather than
     # the model's learned one (Nichol & Dhariwal 2021 eq. 15). A respaced jump into t = 0 lets the learned variance
-    # add up to 1 − ᾱ_t of noise that no later step takes out: speckle (learned_range schedulers only)
+    # add up to 1 − ᾱ_t of noise that no later step takes out: speckle. No effect where the scheduler has no learned
+    # variance (ddim, dpmpp: the edits' DDIM), and recorded only where it has one
     quiet_steps: int = 0
 
     def problem(self) -> str | None:

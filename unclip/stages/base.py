@@ -104,12 +104,6 @@ class Stage:
                 f"{self.name}: eta {s.eta} needs the ddim scheduler ({type(scheduler).__name__} has no η): "
                 f"choose scheduler {self.name}=ddim, or leave eta at 0"
             )
-        if s.quiet_steps and not learned_range(scheduler):
-            raise UnclipError(
-                f"{self.name}: quiet_steps {s.quiet_steps} needs a learned variance to replace, which "
-                f"{type(scheduler).__name__} does not use: choose scheduler {self.name}=default or ddpm, or leave "
-                "quiet_steps at 0"
-            )
         used = self.used(s, scheduler, inverted)
         for name in ("start", "pad", "quiet_steps"):
             if getattr(s, name) > 0 and name not in self.settings:
