@@ -21,10 +21,11 @@
 #   sr1024-top   sr1024's second phase, on the top timesteps only (the demo samples it in one step from noise).
 #   sr1024-more  its third: 3,000 more steps of the second's recipe (more steps kept sharpening its edges).
 #   sr1024-edge  its fourth: 2,000 steps with the error weighed up at edges (sr.edge_weight; sharper still).
-#   decoder, decoder2, decoder3, decoder4, decoder5   the 64 px decoder in five phases, each from the previous
+#   decoder, decoder2, …, decoder6   the 64 px decoder in six phases, each from the previous
 #            one's weights, with every core ($DECODER_LAUNCH: by default two CPU processes, accelerate's torchrun
 #            launcher); decoder4 is 2,700 more steps of decoder3's recipe (the place is learned late); decoder5
-#            weighs the error up at edges (decoder.edge_weight: near-colour edges blurred, then widened at 1024 px).
+#            weighs the error up at edges (decoder.edge_weight: near-colour edges blurred, then widened at 1024 px);
+#            decoder6 weighs near-colour pictures up (decoder.contrast_ref: specks in an orange disc on red).
 #   export   fp16 into models/demo/ (text stages from $DECODER, the decoder's last phase; the upsamplers from
 #            sr256-edge and sr1024-edge, or where those runs are not here, as shipped in models/demo), the demo's
 #            settings (configs/demo.yaml).
@@ -47,10 +48,10 @@ export HF_HUB_OFFLINE=1
 SEED=${SEED:-0}
 CORES=$(nproc)
 HALF=$(( CORES > 1 ? CORES / 2 : 1 ))
-DECODER=decoder5  # the decoder's last phase: what the export ships and the outline adapter adapts
+DECODER=decoder6  # the decoder's last phase: what the export ships and the outline adapter adapts
 DECODER_LAUNCH=${DECODER_LAUNCH:-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no}
 STEPS=(data clip embed prior sr256 sr256-edge sr1024 sr1024-top sr1024-more sr1024-edge decoder decoder2 decoder3
-  decoder4 decoder5 export eval outline)
+  decoder4 decoder5 decoder6 export eval outline)
 mkdir -p runs/demo
 
 say() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -108,6 +109,7 @@ step_decoder2() { OMP_NUM_THREADS=$HALF train decoder2 $DECODER_LAUNCH; }  # Min
 step_decoder3() { OMP_NUM_THREADS=$HALF train decoder3 $DECODER_LAUNCH; }  # pyramid noise
 step_decoder4() { OMP_NUM_THREADS=$HALF train decoder4 $DECODER_LAUNCH; }  # more of it
 step_decoder5() { OMP_NUM_THREADS=$HALF train decoder5 $DECODER_LAUNCH; }  # edges weighed up
+step_decoder6() { OMP_NUM_THREADS=$HALF train decoder6 $DECODER_LAUNCH; }  # near-colour pictures weighed up
 export_stamp() {  # the sha256 of every file an export reads (the runs, the CLIP) and of what it wrote (models/demo)
   local run
   for run in "$@"; do
@@ -196,6 +198,7 @@ step_decoder2
 step_decoder3
 step_decoder4
 step_decoder5
+step_decoder6
 lane sr256
 lane sr1024
 step_export
