@@ -171,14 +171,9 @@ class DecoderObjective(nn.Module):
         return dict(
             x0=x0, x_t=self.process.q_sample(x0, td, noise), t=td, noise=noise, z_i=z_i,
             drop_image=drop_image.to(device), embeds=embeds, hidden=hidden, mask=mask,
-            weight=_weights(self.process, t, self.gamma).to(device) * self.image_weights(x0),
+            weight=_weights(self.process, t, self.gamma).to(device) * contrast_weights(x0, self.options.contrast_ref),
             pixel_weight=edge_weights(x0, self.options.edge_weight),
         )  # fmt: skip
-
-    def image_weights(self, x0: torch.Tensor) -> torch.Tensor | float:
-        """``decoder.contrast_ref``: near-colour pairs' errors weighed up (``contrast_weights``); else 1."""
-        weights = contrast_weights(x0, self.options.contrast_ref)
-        return 1.0 if weights is None else weights
 
     def forward(
         self, x0, x_t, t, noise, z_i, drop_image, embeds, hidden, mask, weight, pixel_weight=None

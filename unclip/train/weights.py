@@ -56,13 +56,13 @@ def colour_range(images: torch.Tensor) -> torch.Tensor:
     return (flat.amax(2) - flat.amin(2)).mean(1) / 2
 
 
-def contrast_weights(x0: torch.Tensor, reference: float) -> torch.Tensor | None:
+def contrast_weights(x0: torch.Tensor, reference: float) -> torch.Tensor | float:
     """Per-image weights of the error, (reference / c)² with c = ``colour_range(x0)``, between 1 and 16: images of
-    less contrast than ``reference`` weighed up, none down; None when ``reference`` is 0 (uniform). A pixel drawn
+    less contrast than ``reference`` weighed up, none down; 1 when ``reference`` is 0 (uniform). A pixel drawn
     in the wrong one of two colours costs ε-prediction an error in proportion to their distance (x_0 = (x_t −
     √(1 − ᾱ_t) ε) / √ᾱ_t, DDPM eq. 4), squared in the loss: an orange circle's pixel gone red (c = 0.22) costs 1/18th
     of a black one's gone white (0.92). (Weighing the others down as well, to a mean weight of 1, cost the demo's
     high-contrast pictures their edges: docs/benchmarks.md.)"""
     if reference <= 0:
-        return None
+        return 1.0
     return (reference / colour_range(x0).clamp(min=reference / 4)).clamp(min=1) ** 2
